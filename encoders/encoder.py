@@ -1,0 +1,69 @@
+"""A loaded CLIP model that turns pictures and texts into L2-normalised float32 vectors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import prepare_image
+from .spec import ModelFingerprint, ModelSpec
+
+TEXT_BATCH = 256
+
+
+def best_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+@dataclass
+class ClipEncoder:
+    model: torch.nn.Module
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    device: torch.device
+    spec: ModelSpec
+    fingerprint: ModelFingerprint
+
+    @property
+    def dim(self) -> int:
+        return self.fingerprint.embed_dim
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = self.model.visual.image_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    def image_tensor(self, image: Image.Image) -> torch.Tensor:
+        """One decoded picture → the model's input tensor, prepared exactly as in training."""
+        return self.preprocess(prepare_image(image))
+
+    def _autocast(self):
+        # fp16 autocast pays on CUDA; on CPU bf16 measured slower than fp32 (DESIGN.md).
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def encode_images(self, batch: torch.Tensor | Sequence[Image.Image]) -> np.ndarray:
+        """A batch of preprocessed tensors (N×3×H×W) or PIL pictures → N×dim unit vectors."""
+        if not isinstance(batch, torch.Tensor):
+            batch = torch.stack([self.image_tensor(image) for image in batch])
+        with self._autocast():
+            features = self.model.encode_image(batch.to(self.device, non_blocking=True), normalize=True)
+        return features.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = TEXT_BATCH) -> np.ndarray:
+        """Texts → len(texts)×dim unit vectors, in batches so long lists fit in memory."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
+            with self._autocast():
+                features = self.model.encode_text(tokens, normalize=True)
+            out[start:start + len(tokens)] = features.float().cpu().numpy()
+        return out

@@ -1,0 +1,30 @@
+"""How a picture becomes the RGB image every model sees, at indexing, query and training time.
+
+open_clip's own transforms call ``convert("RGB")``, which turns transparent pixels black.
+A model trained one way and searched the other loses most of its recall, so every path
+(indexer, query, trainer) goes through ``prepare_image`` first.
+"""
+
+from __future__ import annotations
+
+from PIL import Image, ImageOps
+
+BACKGROUND = (255, 255, 255)
+
+
+def prepare_image(image: Image.Image) -> Image.Image:
+    """EXIF orientation applied, any mode to RGB, transparency composited onto white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white.
+        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")

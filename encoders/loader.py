@@ -1,0 +1,144 @@
+"""Build a ``ClipEncoder`` from a ``ModelSpec`` through open_clip's factory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import pickle
+import socket
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+
+from .encoder import ClipEncoder, best_device
+from .spec import RANDOM_INIT_SEED, ModelError, ModelFingerprint, ModelSpec, file_digest
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+HUB_CONFIG = "open_clip_config.json"
+HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+OFFLINE_HINT = ("without network, use --checkpoint PATH (a folder written by `search train`, or a "
+                "weights file with --model) or --pretrained none (random weights, for trying things out)")
+
+open_clip.add_model_config(CONFIG_DIR)
+log = logging.getLogger(__name__)
+
+
+def hub_folder_architecture(folder: Path) -> str:
+    """The architecture name a hub-format folder was exported from (``search train`` records it)."""
+    config = json.loads((folder / HUB_CONFIG).read_text())
+    return config.get("clipsearch", {}).get("architecture") or folder.name
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in HUB_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelError(f"{folder} has {HUB_CONFIG} but no weights file ({' or '.join(HUB_WEIGHTS)})")
+
+
+def _check_known(spec: ModelSpec) -> None:
+    if spec.model not in open_clip.list_models():
+        raise ModelError(f"unknown model {spec.model!r}; see open_clip.list_models() (e.g. ViT-B-32, RN50, "
+                         "clipsearch-tiny)")
+    if spec.is_random or spec.is_hub:
+        return
+    tags = open_clip.list_pretrained_tags_by_model(spec.model)
+    if spec.pretrained not in tags:
+        raise ModelError(f"no pretrained tag {spec.pretrained!r} for {spec.model}; known tags: "
+                         f"{', '.join(tags) or 'none'} (or --pretrained none, or --checkpoint PATH)")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _downloads_if_online():
+    """Offline, use the local cache only: the hub client would retry for most of a minute."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or not _hub_reachable()
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    # open_clip logs its own errors before raising; we raise one clear message instead.
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _create(spec: ModelSpec, device: torch.device):
+    """(model, preprocess, tokenizer, architecture, weights digest) for each kind of source."""
+    if spec.checkpoint and Path(spec.checkpoint).is_dir():
+        folder = Path(spec.checkpoint)
+        if not (folder / HUB_CONFIG).is_file():
+            raise ModelError(f"{folder} is not a model folder: it has no {HUB_CONFIG}")
+        weights = _weights_file(folder)
+        name = f"local-dir:{folder}"
+        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
+        return model, preprocess, open_clip.get_tokenizer(name), hub_folder_architecture(folder), file_digest(weights)
+    _check_known(spec)
+    tokenizer = open_clip.get_tokenizer(spec.model)
+    if spec.checkpoint:
+        model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=spec.checkpoint,
+                                                                     device=device, weights_only=True)
+        return model, preprocess, tokenizer, spec.model, file_digest(spec.checkpoint)
+    if spec.is_random:
+        warnings.warn(f"RANDOM WEIGHTS: {spec.model} with --pretrained none gives meaningless rankings; "
+                      "use it for tests and benchmarks only", stacklevel=3)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model, _, preprocess = open_clip.create_model_and_transforms(spec.model, device=device)
+        return model, preprocess, tokenizer, spec.model, f"{spec.weights}:torch-{torch.__version__.split('+')[0]}"
+    with _downloads_if_online():
+        if spec.is_hub:
+            name = spec.pretrained
+            model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
+            return model, preprocess, open_clip.get_tokenizer(name), spec.model, spec.weights
+        model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=spec.pretrained,
+                                                                     device=device)
+        return model, preprocess, tokenizer, spec.model, spec.weights
+
+
+def load_encoder(spec: ModelSpec, device: str | torch.device | None = None) -> ClipEncoder:
+    """The model in eval mode on the best device (CUDA if present), with its transform and tokenizer."""
+    device = torch.device(device) if device is not None else best_device()
+    try:
+        with _quiet_open_clip():
+            model, preprocess, tokenizer, architecture, digest = _create(spec, device)
+    except ModelError:
+        raise
+    except pickle.UnpicklingError as e:
+        raise ModelError(f"refused to load {spec.checkpoint}: it needs unpickling arbitrary objects "
+                         f"(only tensors are loaded; save a state_dict or safetensors): {str(e).splitlines()[0]}") from e
+    except Exception as e:  # open_clip reports download and format problems as many exception types
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if spec.checkpoint:
+            raise ModelError(f"cannot load checkpoint {spec.checkpoint}: {first_line}") from e
+        raise ModelError(f"cannot get weights {spec.weights} for {spec.model}: {first_line[:160]}; {OFFLINE_HINT}") from e
+    model.eval().requires_grad_(False)
+    embed_dim = int(model.text_projection.shape[-1] if hasattr(model, "text_projection")
+                    and model.text_projection is not None else model.visual.output_dim)
+    fingerprint = ModelFingerprint(architecture=architecture, weights=spec.weights, weights_digest=digest,
+                                   embed_dim=embed_dim)
+    return ClipEncoder(model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, spec=spec,
+                       fingerprint=fingerprint)

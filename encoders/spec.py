@@ -1,0 +1,112 @@
+"""What model fills a library: the user's choice (``ModelSpec``) and its identity (``ModelFingerprint``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+TINY_MODEL = "clipsearch-tiny"
+NO_WEIGHTS = "none"
+HUB_PREFIX = "hf-hub:"
+# The seed that makes `--pretrained none` the same random model in every process, so a
+# library indexed with it can still be queried.
+RANDOM_INIT_SEED = 0
+
+
+class ModelError(Exception):
+    """A model that cannot be loaded as asked; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An open_clip architecture plus exactly one source of weights.
+
+    ``pretrained`` is an open_clip tag (``laion2b_s34b_b79k``), a Hugging Face hub id
+    (``hf-hub:org/repo``) or ``none`` for random weights; ``checkpoint`` is a local file
+    (``.safetensors``/``.pt``, needs ``model``) or a folder in open_clip's hub format, which
+    carries its own architecture.
+    """
+
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = DEFAULT_PRETRAINED
+    checkpoint: str | None = None
+
+    @classmethod
+    def from_options(cls, model: str | None, pretrained: str | None, checkpoint: str | None) -> ModelSpec:
+        if checkpoint is not None:
+            if pretrained is not None:
+                raise ModelError("give either --pretrained or --checkpoint, not both")
+            path = Path(checkpoint).expanduser()
+            if not path.exists():
+                raise ModelError(f"checkpoint not found: {checkpoint}")
+            if path.is_file() and model is None:
+                raise ModelError(f"--checkpoint {checkpoint} is a weights file: name its architecture with --model")
+            return cls(model=model or "", pretrained=None, checkpoint=str(path.resolve()))
+        model = model or DEFAULT_MODEL
+        if pretrained is None:
+            pretrained = DEFAULT_PRETRAINED if model == DEFAULT_MODEL else NO_WEIGHTS if model == TINY_MODEL else None
+        if pretrained is None:
+            raise ModelError(f"--model {model} needs weights: --pretrained TAG, --pretrained hf-hub:ORG/REPO, "
+                             "--checkpoint PATH or --pretrained none")
+        return cls(model=model, pretrained=pretrained, checkpoint=None)
+
+    @property
+    def is_hub(self) -> bool:
+        return bool(self.pretrained and self.pretrained.startswith(HUB_PREFIX))
+
+    @property
+    def is_random(self) -> bool:
+        return self.checkpoint is None and self.pretrained == NO_WEIGHTS
+
+    @property
+    def weights(self) -> str:
+        """Where the weights come from, as recorded in a library and shown to users."""
+        if self.checkpoint:
+            return f"checkpoint:{self.checkpoint}"
+        if self.is_random:
+            return f"random-init:seed={RANDOM_INIT_SEED}"
+        if self.is_hub:
+            return self.pretrained
+        return f"pretrained:{self.pretrained}"
+
+    @classmethod
+    def from_weights(cls, model: str, weights: str) -> ModelSpec:
+        """The inverse of ``weights``: rebuild the spec a library was filled with."""
+        kind, _, value = weights.partition(":")
+        if kind == "checkpoint":
+            return cls(model=model, pretrained=None, checkpoint=value)
+        if kind == "random-init":
+            return cls(model=model, pretrained=NO_WEIGHTS)
+        if weights.startswith(HUB_PREFIX):
+            return cls(model=model, pretrained=weights)
+        return cls(model=model, pretrained=value)
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """The identity of an embedding space: two encoders with equal fingerprints give equal vectors."""
+
+    architecture: str
+    weights: str
+    weights_digest: str
+    embed_dim: int
+
+    @property
+    def id(self) -> str:
+        payload = json.dumps([self.architecture, self.weights_digest, self.embed_dim])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "id": self.id}
+
+
+def file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
