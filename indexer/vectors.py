@@ -1,0 +1,112 @@
+"""The FAISS index: derived from the database, keyed by row id, saved atomically, rebuilt when stale."""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .store import LibraryStore
+
+INDEX_PATTERN = "vectors.{generation}.faiss"
+
+
+def _gpu_count() -> int:
+    # The CPU wheel has no GPU symbols; a GPU wheel on a machine without a device reports 0.
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+class VectorIndex:
+    """Exact inner-product search over unit vectors (= cosine), ids = database row ids."""
+
+    def __init__(self, index: faiss.Index, generation: int):
+        self.index = index
+        self.generation = generation
+        self._gpu_index = None
+
+    @classmethod
+    def empty(cls, dim: int, generation: int = 0) -> VectorIndex:
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), generation)
+
+    @classmethod
+    def rebuild(cls, store: LibraryStore, dim: int, generation: int) -> VectorIndex:
+        index = cls.empty(dim, generation)
+        for ids, vectors in store.iter_vectors(dim):
+            index.index.add_with_ids(vectors, ids)
+        return index
+
+    @classmethod
+    def open(cls, folder: Path, store: LibraryStore, save_if_rebuilt: bool) -> VectorIndex:
+        """The index matching the database: the saved file if it is current, else rebuilt from rows.
+
+        Only a writer (holding the library lock) may save; readers rebuild in memory.
+        """
+        record = store.model()
+        generation = record.generation
+        path = folder / INDEX_PATTERN.format(generation=generation)
+        expected = store.counts()["pictures"]
+        if record.index_generation == generation and path.is_file():
+            index = faiss.read_index(str(path))
+            if index.ntotal == expected and index.d == record.embed_dim:
+                return cls(index, generation)
+        index = cls.rebuild(store, record.embed_dim, generation)
+        if save_if_rebuilt:
+            index.save(folder, store)
+        return index
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+            self._gpu_index = None
+
+    def remove(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+            self._gpu_index = None
+
+    def save(self, folder: Path, store: LibraryStore) -> None:
+        """Write to a temp file, rename it to this generation's name, then record it in the database."""
+        generation = store.model().generation
+        self.generation = generation
+        target = folder / INDEX_PATTERN.format(generation=generation)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vectors.", suffix=".tmp")
+        os.close(fd)
+        try:
+            faiss.write_index(self.index, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        store.mark_index_saved(generation)
+        for old in glob.glob(str(folder / INDEX_PATTERN.format(generation="*"))):
+            if Path(old) != target:
+                Path(old).unlink(missing_ok=True)
+
+    def _searcher(self) -> faiss.Index:
+        if _gpu_count() == 0:
+            return self.index
+        if self._gpu_index is None:
+            self._gpu_index = faiss.index_cpu_to_all_gpus(self.index)
+        return self._gpu_index
+
+    def search(self, queries: np.ndarray, k: int, within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query; ``within`` restricts the search to those ids inside FAISS."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k = min(k, self.ntotal if within is None else len(within))
+        if k <= 0:
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        if within is None:
+            return self._searcher().search(queries, k)
+        # Id selectors run on the CPU index; a scoped search touches few vectors anyway.
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(within, dtype=np.int64))
+        return self.index.search(queries, k, params=faiss.SearchParameters(sel=selector))

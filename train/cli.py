@@ -1,0 +1,120 @@
+"""``search train`` and ``search eval``: registered on the main typer app by ``register(app)``.
+
+Only typer and the standard library are imported here; torch and open_clip load inside the
+command bodies so ``search --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+EXIT_CONFIG = 2
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_CONFIG)
+
+
+def train_command(
+    data: list[str] = typer.Option(..., "--data", help="Corpus: CSV/TSV, JSONL, folder with .txt captions, or "
+                                   "tar shards like shards/{000..099}.tar. Repeat for several."),
+    output: str = typer.Option(..., "--output", help="Run folder: checkpoints, metrics, curves, model/."),
+    val_data: Optional[list[str]] = typer.Option(None, "--val-data", help="Validation corpus (any format)."),
+    val_fraction: float = typer.Option(0.0, "--val-fraction", help="Hold out this fraction of the pictures."),
+    model: Optional[str] = typer.Option(None, "--model", help="open_clip architecture (default ViT-B-32)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip tag, hf-hub:ORG/REPO or none."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Start from a model folder or weights file."),
+    epochs: int = typer.Option(10, "--epochs"),
+    batch_size: int = typer.Option(128, "--batch-size", help="Per process and micro-batch."),
+    seed: int = typer.Option(0, "--seed"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Default 1e-3 from scratch, 1e-5 from weights."),
+    wd: float = typer.Option(0.1, "--wd"),
+    warmup: float = typer.Option(0.1, "--warmup", help="Fraction of all steps (< 1) or a number of steps."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32|bf16|fp16 (default: fp32 on CPU, "
+                                            "bf16 or fp16 on GPU)."),
+    accum_steps: int = typer.Option(1, "--accum-steps", help="Micro-batches per optimizer step."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Max gradient norm (0: off)."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    lock_image: bool = typer.Option(False, "--lock-image"),
+    lock_image_unlocked_groups: int = typer.Option(0, "--lock-image-unlocked-groups"),
+    lock_text: bool = typer.Option(False, "--lock-text"),
+    lock_text_unlocked_layers: int = typer.Option(0, "--lock-text-unlocked-layers"),
+    loss: str = typer.Option("clip", "--loss", help="clip|siglip"),
+    save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps (and at each epoch)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="latest or a checkpoint file."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes (default: automatic)."),
+    image_column: str = typer.Option("filepath", "--image-column"),
+    caption_column: str = typer.Option("caption", "--caption-column"),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Zero-shot labels for validation."),
+    templates: Optional[str] = typer.Option(None, "--templates", help="Prompt templates file, one per line."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train (or fine-tune) a CLIP model on captioned pictures; the result lands in OUTPUT/model/."""
+    from .errors import TrainConfigError
+
+    try:
+        from .config import TrainConfig
+        from .loop import train
+
+        cfg = TrainConfig(data=list(data), output=output, val_data=list(val_data or []), val_fraction=val_fraction,
+                          model=model, pretrained=pretrained, checkpoint=checkpoint, epochs=epochs,
+                          batch_size=batch_size, seed=seed, lr=lr, wd=wd, warmup=warmup, precision=precision,
+                          accum_steps=accum_steps, grad_clip=grad_clip or None,
+                          grad_checkpointing=grad_checkpointing, compile=compile, lock_image=lock_image,
+                          lock_image_unlocked_groups=lock_image_unlocked_groups, lock_text=lock_text,
+                          lock_text_unlocked_layers=lock_text_unlocked_layers, loss=loss, save_every=save_every,
+                          resume=resume, workers=workers, image_column=image_column,
+                          caption_column=caption_column, label_column=label_column, templates=templates,
+                          max_steps=max_steps, progress=progress and sys.stderr.isatty())
+        train(cfg)
+    except TrainConfigError as e:
+        _fail(str(e))
+
+
+def eval_command(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Model folder written by `search train`."),
+    data: list[str] = typer.Option(..., "--data", help="Captioned corpus (any training format)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Architecture, when --checkpoint is a weights file."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Also report zero-shot accuracy."),
+    templates: Optional[str] = typer.Option(None, "--templates", help="Prompt templates file, one per line."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    image_column: str = typer.Option("filepath", "--image-column"),
+    caption_column: str = typer.Option("caption", "--caption-column"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Retrieval recall@1/5/10 (text→image, image→text) and zero-shot accuracy of a model."""
+    from .errors import TrainConfigError
+
+    try:
+        from .eval import evaluate_checkpoint
+
+        result = evaluate_checkpoint(checkpoint, list(data), label_column, templates, batch_size, image_column,
+                                     caption_column, model)
+    except TrainConfigError as e:
+        _fail(str(e))
+    skipped = result.pop("skipped", {})
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{result['n_images']} pictures, {result['n_captions']} captions"
+               + (f" (skipped: {', '.join(f'{n} {r}' for r, n in skipped.items())})" if skipped else ""))
+    for direction in ("text_to_image", "image_to_text"):
+        r = result[direction]
+        typer.echo(f"{direction.replace('_', ' '):>14}: R@1 {r['recall@1']:.4f}  R@5 {r['recall@5']:.4f}  "
+                   f"R@10 {r['recall@10']:.4f}")
+    if "zero_shot" in result:
+        z = result["zero_shot"]
+        typer.echo(f"     zero-shot: top1 {z['top1']:.4f}  top5 {z['top5']:.4f}  ({z['n_classes']} classes)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``eval`` to the main CLI."""
+    app.command("train")(train_command)
+    app.command("eval")(eval_command)

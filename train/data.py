@@ -1,0 +1,167 @@
+"""Datasets, the epoch sampler and loaders: reproducible from ``--seed`` and resumable mid-epoch.
+
+Every sample's randomness (which caption, which crop) comes from (seed, epoch, index) alone,
+and each epoch's order from (seed, epoch), so a run resumed at step k sees exactly the
+batches the uninterrupted run saw, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .corpus import Record
+from .errors import TrainConfigError
+from .images import ImageStore
+
+
+@dataclass
+class Split:
+    """Pictures with their tokenised captions, ready for a loader."""
+
+    records: list[Record]
+    store: ImageStore
+    captions: list[str]             # every caption, in record order
+    caption_index: list[list[int]]  # record → its captions' rows in ``tokens``/``captions``
+    tokens: torch.Tensor            # n_captions × context_length (int32)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> list[str | None]:
+        return [r.label for r in self.records]
+
+
+def split_by_image(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Hold out a fraction of the *pictures* (all captions of a picture fall on one side)."""
+    if not fraction:
+        return records, []
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(records) * fraction))
+    held = set(order[:n_val])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def tokenize_all(tokenizer, captions: list[str], chunk: int = 8192) -> torch.Tensor:
+    parts = [tokenizer(captions[i:i + chunk]).to(torch.int32) for i in range(0, len(captions), chunk)]
+    return torch.cat(parts) if parts else torch.zeros((0, 1), dtype=torch.int32)
+
+
+def build_split(records: list[Record], tokenizer, max_side: int | None, skipped: Counter,
+                in_memory: bool | None = None) -> Split:
+    """Decode (into memory when it fits), drop unreadable pictures (counted), tokenise captions."""
+    store = ImageStore(records, max_side, in_memory=in_memory)
+    keep = store.readable()
+    for reason, n in store.unreadable.items():
+        skipped[f"unreadable ({reason})"] += n
+    if len(keep) != len(records):
+        records = [records[i] for i in keep]
+        store.sources = [store.sources[i] for i in keep]
+        store.images = [store.images[i] for i in keep] if store.images is not None else None
+    captions, caption_index = [], []
+    for record in records:
+        caption_index.append(list(range(len(captions), len(captions) + len(record.captions))))
+        captions.extend(record.captions)
+    return Split(records, store, captions, caption_index, tokenize_all(tokenizer, captions))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % (2 ** 63)
+
+
+class TrainPairs(Dataset):
+    """(epoch, index) → (augmented picture, one of its captions' tokens, pictures that failed)."""
+
+    def __init__(self, split: Split, transform, seed: int):
+        self.split, self.transform, self.seed = split, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        seed = sample_seed(self.seed, epoch, index)
+        failed = 0
+        for attempt in range(len(self.split)):
+            picked = (index + attempt) % len(self.split)
+            try:
+                image = self.split.store.get(picked)
+                break
+            except Exception:  # lazily decoded picture that cannot be read: take the next one
+                failed += 1
+        else:
+            raise RuntimeError("no readable picture in the corpus")
+        rng = random.Random(seed)
+        rows = self.split.caption_index[picked]
+        tokens = self.split.tokens[rows[rng.randrange(len(rows))]].long()
+        state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        pixels = self.transform(image)
+        torch.set_rng_state(state)
+        return pixels, tokens, failed
+
+
+class EvalImages(Dataset):
+    def __init__(self, split: Split, preprocess):
+        self.split, self.preprocess = split, preprocess
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        return self.preprocess(self.split.store.get(index))
+
+
+class EpochBatches(Sampler):
+    """This rank's micro-batches of one epoch, from optimizer step ``start_step`` on.
+
+    Step s of an epoch uses the picture indices ``perm[s·G : (s+1)·G]`` with G = batch ×
+    accum × world; micro-batch j of rank r is the slice at ``(j·world + r)·batch``. The last
+    incomplete global batch is dropped (a contrastive batch needs its full set of negatives).
+    """
+
+    def __init__(self, n: int, batch_size: int, accum_steps: int, rank: int, world: int, seed: int):
+        self.n, self.batch_size, self.accum, self.rank, self.world, self.seed = (
+            n, batch_size, accum_steps, rank, world, seed)
+        self.global_batch = batch_size * accum_steps * world
+        self.steps_per_epoch = n // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise TrainConfigError(
+                f"the effective batch ({batch_size} × accum {accum_steps} × {world} process(es) = "
+                f"{self.global_batch}) is larger than the training corpus ({n} pictures); lower --batch-size")
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=generator).tolist()
+
+    def __iter__(self):
+        perm = self.order(self.epoch)
+        for step in range(self.start_step, self.steps_per_epoch):
+            for j in range(self.accum):
+                start = step * self.global_batch + (j * self.world + self.rank) * self.batch_size
+                yield [(self.epoch, i) for i in perm[start:start + self.batch_size]]
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.accum
+
+
+def train_loader(split: Split, transform, sampler: EpochBatches, seed: int, workers: int,
+                 pin_memory: bool = False) -> DataLoader:
+    kwargs = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
+    return DataLoader(TrainPairs(split, transform, seed), batch_sampler=sampler, num_workers=workers,
+                      pin_memory=pin_memory, **kwargs)
+
+
+def eval_loader(split: Split, preprocess, batch_size: int, workers: int = 0) -> DataLoader:
+    return DataLoader(EvalImages(split, preprocess), batch_size=batch_size, shuffle=False,
+                      num_workers=workers)

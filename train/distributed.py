@@ -1,0 +1,71 @@
+"""torchrun DDP: gloo on CPU, NCCL on GPU; a single process needs nothing."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def init_distributed() -> Dist:
+    """Join the process group torchrun set up (env://), or describe the single process."""
+    cuda = torch.cuda.is_available()
+    if not launched_by_torchrun():
+        return Dist(device=torch.device("cuda", 0) if cuda else torch.device("cpu"))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(d: Dist, value):
+    """Rank 0's value on every rank (e.g. the checkpoint path to resume from)."""
+    if not d.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_mean(d: Dist, value: float) -> float:
+    if not d.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return (t / d.world_size).item()
+
+
+def shutdown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,109 @@
+"""The model to train: any open_clip architecture, from scratch, a pretrained tag or a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import TrainConfig
+from .errors import TrainConfigError
+
+SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS = math.log(10), -10.0
+
+
+@dataclass
+class Built:
+    model: torch.nn.Module
+    train_transform: object
+    preprocess: object
+    tokenizer: object
+    architecture: str
+    model_cfg: dict
+    image_size: int
+
+
+def default_model(model: str | None, pretrained: str | None, checkpoint: str | None) -> tuple[str | None, str | None]:
+    """ViT-B-32 when nothing is named; the tiny architecture has no pretrained weights."""
+    from encoders import DEFAULT_MODEL, DEFAULT_PRETRAINED, NO_WEIGHTS, TINY_MODEL
+
+    if checkpoint:
+        return model, None
+    model = model or DEFAULT_MODEL
+    if pretrained is None:
+        pretrained = DEFAULT_PRETRAINED if model == DEFAULT_MODEL else NO_WEIGHTS if model == TINY_MODEL else None
+    if pretrained is None:
+        raise TrainConfigError(f"--model {model}: say where its weights start: --pretrained TAG, "
+                               "--pretrained none (from scratch) or --checkpoint PATH")
+    return model, pretrained
+
+
+def _transforms(model: torch.nn.Module):
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = PreprocessCfg(**model.visual.preprocess_cfg)
+    train = image_transform_v2(cfg, is_train=True, aug_cfg=open_clip.AugmentationCfg(scale=(0.9, 1.0)))
+    return train, image_transform_v2(cfg, is_train=False), cfg
+
+
+def _image_size(cfg) -> int:
+    return cfg.size if isinstance(cfg.size, int) else max(cfg.size)
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> Built:
+    import open_clip
+
+    import encoders  # noqa: F401  (registers the built-in architecture with open_clip)
+    from encoders import HUB_CONFIG, ModelError, ModelSpec, hub_folder_architecture, load_encoder
+
+    siglip = cfg.loss == "siglip"
+    if cfg.checkpoint and Path(cfg.checkpoint).is_dir():
+        folder = Path(cfg.checkpoint)
+        if not (folder / HUB_CONFIG).is_file():
+            raise TrainConfigError(f"{folder} is not a model folder: it has no {HUB_CONFIG}")
+        model_cfg = json.loads((folder / HUB_CONFIG).read_text())["model_cfg"]
+        architecture = hub_folder_architecture(folder)
+        name = f"local-dir:{folder}"
+    else:
+        name = cfg.model
+        if name not in open_clip.list_models():
+            raise TrainConfigError(f"unknown model {name!r}; see open_clip.list_models() "
+                                   "(e.g. ViT-B-32, RN50, clipsearch-tiny)")
+        model_cfg = dict(open_clip.get_model_config(name))
+        architecture = name
+    if cfg.checkpoint and not Path(cfg.checkpoint).exists():
+        raise TrainConfigError(f"checkpoint not found: {cfg.checkpoint}")
+
+    if not cfg.from_weights:  # from scratch: the run's seed decides the initial weights
+        torch.manual_seed(cfg.seed)
+        kwargs = dict(init_logit_scale=SIGLIP_INIT_SCALE, init_logit_bias=SIGLIP_INIT_BIAS) if siglip else {}
+        model = open_clip.create_model(name, device=device, **kwargs)
+    else:
+        try:
+            spec = ModelSpec.from_options(None if name.startswith("local-dir:") else name,
+                                          cfg.pretrained if not cfg.checkpoint else None, cfg.checkpoint)
+            model = load_encoder(spec, device=device).model
+        except ModelError as e:
+            raise TrainConfigError(str(e)) from e
+        if siglip and getattr(model, "logit_bias", None) is None:
+            model.logit_bias = torch.nn.Parameter(torch.full_like(model.logit_scale, SIGLIP_INIT_BIAS))
+    if getattr(model, "logit_bias", None) is not None:
+        model_cfg["init_logit_bias"] = float(SIGLIP_INIT_BIAS)  # so the exported state dict loads
+    model.train().requires_grad_(True)
+    train_transform, preprocess, pp_cfg = _transforms(model)
+    tokenizer = open_clip.get_tokenizer(name)
+    return Built(model, train_transform, preprocess, tokenizer, architecture, model_cfg, _image_size(pp_cfg))
+
+
+def apply_locks(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """LiT-style locking through open_clip's own lock_image_tower / lock_text_tower."""
+    if cfg.lock_image:
+        model.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_groups, freeze_bn_stats=True)
+    if cfg.lock_text:
+        model.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TrainConfigError("every parameter is locked: nothing to train")

@@ -1,0 +1,58 @@
+"""AdamW with the paper's weight-decay exclusions, and warm-up then cosine learning rate."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+NO_DECAY_NAMES = ("bias", "ln", "bn", "norm", "embedding", "logit_scale", "logit_bias", "class_embedding")
+
+
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Decay matrices only: not gains, biases, embeddings or the temperature."""
+    leaf = name.lower()
+    return param.ndim >= 2 and not any(part in leaf for part in NO_DECAY_NAMES)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, wd: float) -> torch.optim.AdamW:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if decays(n, p)], "weight_decay": wd},
+    ]
+    kwargs = {"fused": True} if all(p.is_cuda for _, p in named) else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, **kwargs)
+
+
+def warmup_steps(warmup: float, total_steps: int) -> int:
+    """``--warmup`` below 1 is a fraction of the run, 1 or more a number of steps."""
+    return int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
+
+
+class WarmupCosine:
+    """Linear warm-up to the base rate, then cosine decay to zero; a pure function of the step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, warmup: int, total: int):
+        self.optimizer, self.base_lr, self.warmup, self.total = optimizer, base_lr, warmup, max(total, 1)
+        self.step_count = 0
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.base_lr * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * self.base_lr
+
+    def set(self, step: int) -> float:
+        self.step_count = step
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"base_lr": self.base_lr, "warmup": self.warmup, "total": self.total, "step": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base_lr, self.warmup, self.total = state["base_lr"], state["warmup"], state["total"]
+        self.step_count = state["step"]
