@@ -1,0 +1,5 @@
+"""`streamlit run app.py [-- --library DIR]`: the search page (the same as `search app`)."""
+
+from search.webapp import main
+
+main()

@@ -1,0 +1,106 @@
+"""Small JPEG previews of library pictures, made once and kept on disk beside the library.
+
+Only rows of the library are ever opened: callers pass a row id, the path comes from the
+database. A preview is keyed by row id, file size and modification time, so an edited
+picture gets a new one; JPEGs are decoded at a reduced DCT scale (``decode_picture`` uses
+PIL's draft mode), so a page of 50 results never decodes 50 full-size photos, and a second
+page view decodes nothing at all.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from PIL import Image
+
+from indexer import DecodeError, Library, decode_picture
+
+THUMB_DIR = "thumbs"
+GRID_SIZE = 320  # longest side of a grid thumbnail
+VIEW_SIZE = 1280  # longest side of the large view
+JPEG_QUALITY = 85
+# Previews that cannot be written to disk (read-only library) are kept in memory, within reason.
+MEMORY_ITEMS = 512
+
+
+class PreviewError(Exception):
+    """The picture behind a row cannot be shown (moved, deleted, unreadable); the message says why."""
+
+
+class Thumbnails:
+    """Previews of one library's pictures, by row id."""
+
+    def __init__(self, library: Library, folder: str | os.PathLike | None = None):
+        self.library = library
+        self.folder = Path(folder) if folder is not None else Path(library.folder) / THUMB_DIR
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.made = 0  # previews decoded from the original file (the rest came from the cache)
+
+    def get(self, row_id: int, size: int = GRID_SIZE) -> bytes:
+        """JPEG bytes of the row's picture, at most ``size`` pixels on its longest side."""
+        rows = self.library.store.pictures([int(row_id)])
+        row = rows.get(int(row_id))
+        if row is None:
+            raise PreviewError(f"picture #{row_id} is no longer in the library")
+        path = row.path
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise PreviewError(f"{path} cannot be read: {e.strerror or e}") from e
+        name = f"{row.id}-{size}-{st.st_size}-{st.st_mtime_ns}.jpg"
+        cached = self._read(name)
+        if cached is not None:
+            return cached
+        data = make_preview(path, size)
+        self.made += 1
+        self._write(name, data, stale_prefix=f"{row.id}-{size}-")
+        return data
+
+    def _read(self, name: str) -> bytes | None:
+        with self._lock:
+            if name in self._memory:
+                self._memory.move_to_end(name)
+                return self._memory[name]
+        try:
+            return (self.folder / name).read_bytes()
+        except OSError:
+            return None
+
+    def _write(self, name: str, data: bytes, stale_prefix: str) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for old in self.folder.glob(f"{stale_prefix}*.jpg"):  # earlier versions of an edited picture
+                old.unlink(missing_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".part")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.folder / name)
+        except OSError:
+            with self._lock:
+                self._memory[name] = data
+                while len(self._memory) > MEMORY_ITEMS:
+                    self._memory.popitem(last=False)
+
+
+def make_preview(path: str | os.PathLike, size: int) -> bytes:
+    """Decode a picture (early-reduced, upright, RGB on white) and encode a JPEG preview."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PreviewError(f"{path} cannot be read: {e.strerror or e}") from e
+    try:
+        # min_side = size // 2 keeps a preview of the longest side `size` sharp for any aspect up to 2:1.
+        image = decode_picture(data, max(1, size // 2)).image
+    except DecodeError as e:
+        raise PreviewError(f"{path} cannot be shown: {e}") from e
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    return out.getvalue()

@@ -1,0 +1,367 @@
+"""The search page: `streamlit run app.py` or `search app` (which runs this file).
+
+Words, a picture, or both, against one library; a grid of thumbnails ranked by score; a
+large view with the file's facts; "more like this" under every result. The library comes
+from `-- --library DIR` on the command line, else $SEARCH_LIBRARY, else the per-user
+folder, and can be changed in the sidebar.
+
+Safety: the only files this page reads are rows of the library, looked up by row id (an
+uploaded picture is decoded from memory, never saved); text typed into the page is
+never used as a path to open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import streamlit as st
+
+from search.library import resolve_library_dir
+
+log = logging.getLogger("clipsearch.app")
+
+GRID_COLUMNS = 5
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif"]
+MAX_UPLOAD_MB = 50
+SORTS = {"score": "Best match", "date": "Date (oldest first)", "path": "File path"}
+
+
+class UploadError(Exception):
+    """An uploaded file that cannot be used as a query picture; the message is for the user."""
+
+
+# -- pure helpers (tested directly) ---------------------------------------------------------
+
+
+def library_from_argv(argv: list[str]) -> str | None:
+    """`--library DIR` or `--library=DIR` among the script's arguments (after `--` on `streamlit run`)."""
+    for i, arg in enumerate(argv):
+        if arg == "--library" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--library="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def default_library() -> str:
+    return str(resolve_library_dir(library_from_argv(sys.argv[1:])))
+
+
+def read_upload(data: bytes, name: str, min_side: int):
+    """An uploaded file's bytes → an upright RGB PIL picture, or UploadError saying why not."""
+    from indexer import DecodeError, decode_picture
+
+    if not data:
+        raise UploadError(f"“{name}” is empty: choose a picture file (JPEG, PNG, WebP, …)")
+    try:
+        return decode_picture(data, min_side).image
+    except DecodeError as e:
+        raise UploadError(f"“{name}” cannot be read as a picture ({e}). Try a JPEG or PNG file.") from None
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} bytes"
+
+
+def local_time(moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    if moment.tzinfo is None:  # SQLite hands back naive datetimes; the store writes UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def index_command(folder: str | Path) -> str:
+    return f"search index PATH --library {folder}"
+
+
+# -- cached per server process ----------------------------------------------------------------
+
+
+@dataclass
+class Opened:
+    """One library as the page uses it: the engine (model, FAISS) and the thumbnail cache."""
+
+    engine: object  # search.SearchEngine
+    thumbs: object  # search.thumbnails.Thumbnails
+    lock: threading.Lock
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def open_library(folder: str, fingerprint: str) -> Opened:
+    """Once per library and model: a re-index refreshes the FAISS index inside the engine."""
+    from search import SearchEngine
+    from search.thumbnails import Thumbnails
+
+    engine = SearchEngine(folder)
+    return Opened(engine=engine, thumbs=Thumbnails(engine.library), lock=threading.Lock())
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def open_store(folder: str):
+    """The library's database handle, cheap to keep; raises LibraryError when there is none."""
+    from indexer import Library
+
+    return Library.open(folder)
+
+
+# -- the page -------------------------------------------------------------------------------
+
+
+def no_library(folder: str, reason: str) -> None:
+    st.info(f"**No pictures to search yet.** {reason}")
+    st.markdown("Index a folder of pictures into this library from a terminal, then reload this page:")
+    st.code(index_command(folder), language="bash")
+    st.caption("Replace PATH with a folder of pictures, e.g. `~/Pictures`. "
+               "Indexing again later only adds what changed.")
+
+
+def sidebar_status(library, record) -> None:
+    counts = library.store.counts()
+    roots = library.store.roots()
+    st.sidebar.markdown(
+        f"**{counts['pictures']:,} pictures**  \n"
+        f"Model: `{record.architecture}` ({record.weights})  \n"
+        f"Last indexed: {local_time(record.last_indexed_at)}")
+    if roots:
+        st.sidebar.caption("Folders: " + ", ".join(f"`{r.path}`" for r in roots))
+    if counts["failed"]:
+        if st.sidebar.toggle(f"{counts['failed']:,} files could not be read — show them", key="show_failed"):
+            failures = library.store.failures()
+            st.sidebar.dataframe([{"file": p, "reason": e} for p, e in failures[:1000]], hide_index=True)
+            if len(failures) > 1000:
+                st.sidebar.caption(f"… and {len(failures) - 1000:,} more (`search status --json` lists all).")
+    else:
+        st.sidebar.caption("No unreadable files.")
+
+
+def controls() -> dict:
+    st.sidebar.subheader("Results")
+    top_k = st.sidebar.slider("Number of results", 1, 100, 20, key="top_k")
+    min_score = st.sidebar.slider("Minimum score", 0.0, 1.0, 0.0, 0.01, key="min_score",
+                                  help="Hide results scoring below this (0 shows everything).")
+    under = st.sidebar.text_input("Only under this folder", key="under", placeholder="e.g. /home/me/Pictures/2024",
+                                  help="Search only pictures inside this folder of the library.").strip()
+    sort = st.sidebar.radio("Sort by", list(SORTS), format_func=SORTS.get, key="sort", horizontal=True)
+    return {"top_k": top_k, "min_score": min_score or None, "under": under or None, "sort": sort}
+
+
+def search_like(row_id: int) -> None:
+    """Button callback: search with a library picture, replacing the words and any upload."""
+    st.session_state["like"] = int(row_id)
+    st.session_state["q"] = ""
+    st.session_state["uploader_round"] = st.session_state.get("uploader_round", 0) + 1
+
+
+def forget_like() -> None:
+    st.session_state.pop("like", None)
+
+
+def upload_vector(opened: Opened, uploaded):
+    """The uploaded picture's vector, computed once per upload."""
+    data = uploaded.getvalue()
+    key = ("upload", hashlib.blake2b(data, digest_size=16).hexdigest(), opened.engine.record.fingerprint)
+    cache = st.session_state.setdefault("upload_vectors", {})
+    if key not in cache:
+        engine = opened.engine
+        image = read_upload(data, uploaded.name, min(engine.encoder.image_size))
+        with opened.lock:
+            cache.clear()
+            cache[key] = engine.image_vector(image)
+    return cache[key]
+
+
+def query_box(opened: Opened):
+    """The search inputs; returns (text, picture term or None, picture label, picture weight)."""
+    from search import Term
+
+    text = st.text_input("Search your pictures", key="q", placeholder="Describe a picture, e.g. a dog on a beach",
+                         help="Type words and press Enter.").strip()
+    round_ = st.session_state.get("uploader_round", 0)
+    uploaded = st.file_uploader("…or search by picture (drag and drop one here)", type=UPLOAD_TYPES,
+                                key=f"upload-{round_}", on_change=forget_like, max_upload_size=MAX_UPLOAD_MB)
+    picture, label = None, None
+    if uploaded is not None:
+        picture = Term(upload_vector(opened, uploaded), is_image=True)
+        label = f"the picture you uploaded ({uploaded.name})"
+    elif "like" in st.session_state:
+        row_id = st.session_state["like"]
+        row = opened.engine.library.store.pictures([row_id]).get(row_id)
+        if row is None:
+            forget_like()
+            st.warning("That picture is no longer in the library.")
+        else:
+            picture = Term(row.path, is_image=True)
+            label = f"“{Path(row.path).name}”"
+            with st.container(horizontal=True, vertical_alignment="center"):
+                show_thumbnail(opened, row_id, width=96)
+                st.markdown(f"Pictures like **{Path(row.path).name}**  \n`{Path(row.path).parent}`")
+                st.button("Clear", key="clear-like", on_click=forget_like, icon=":material/close:")
+    weight = 1.0
+    if text and picture is not None:
+        weight = st.slider("Weight of the picture against the words", 0.0, 1.0, 0.5, 0.05, key="picture_weight",
+                           help="0: only the words count; 1: only the picture counts.")
+    return text, picture, label, weight
+
+
+def show_thumbnail(opened: Opened, row_id: int, width: int | str = "stretch", size: int | None = None) -> bool:
+    from search.thumbnails import GRID_SIZE, PreviewError
+
+    try:
+        data = opened.thumbs.get(row_id, size or GRID_SIZE)
+    except PreviewError as e:
+        st.warning(str(e), icon=":material/broken_image:")
+        return False
+    st.image(data, width=width)
+    return True
+
+
+@st.dialog("Picture", width="large")
+def show_picture(opened: Opened, result) -> None:
+    from search.thumbnails import VIEW_SIZE
+
+    path = Path(result.path)
+    show_thumbnail(opened, result.id, size=VIEW_SIZE)
+    st.markdown(f"**{path.name}**")
+    st.code(str(path), language=None)
+    size = f"{result.width} × {result.height} pixels" if result.width and result.height else "unknown"
+    facts = {
+        "Score": f"{result.score:.3f}",
+        "Dimensions": size,
+        "File size": human_size(result.size),
+        "Date taken": result.taken_at.strftime("%Y-%m-%d %H:%M") if result.taken_at else "—",
+        "Modified": result.modified.strftime("%Y-%m-%d %H:%M"),
+        "Folder": str(path.parent),
+    }
+    st.markdown("\n".join(f"- **{k}:** {v}" for k, v in facts.items()))
+    if st.button("More like this", key=f"dialog-more-{result.id}", icon=":material/image_search:",
+                 on_click=search_like, args=(result.id,)):
+        st.rerun()  # close the dialog and show the new results
+
+
+def results_grid(opened: Opened, results) -> None:
+    for start in range(0, len(results), GRID_COLUMNS):
+        columns = st.columns(GRID_COLUMNS)
+        for column, result in zip(columns, results[start:start + GRID_COLUMNS], strict=False):
+            with column, st.container(border=True, key=f"result-{result.id}"):
+                path = Path(result.path)
+                show_thumbnail(opened, result.id)
+                st.markdown(f"**{result.score:.3f}** · {path.name}", help=str(path))
+                st.caption(str(path.parent))
+                with st.container(horizontal=True, gap="small"):
+                    if st.button("View", key=f"view-{result.id}", icon=":material/open_in_full:"):
+                        show_picture(opened, result)
+                    st.button("More like this", key=f"more-{result.id}", on_click=search_like, args=(result.id,),
+                              icon=":material/image_search:")
+
+
+def run_query(opened: Opened, text: str, picture, weight: float, options: dict):
+    from search import Term
+
+    terms = []
+    if text:
+        terms.append(Term(text, weight=1.0 - weight if picture is not None else 1.0, is_image=False))
+    if picture is not None:
+        terms.append(Term(picture.value, weight=weight, is_image=True))
+    terms = [t for t in terms if t.weight > 0]
+    with opened.lock:
+        return opened.engine.query(terms=terms, top_k=options["top_k"], under=options["under"],
+                                   min_score=options["min_score"], sort=options["sort"])
+
+
+def page() -> None:
+    from encoders import ModelError
+    from indexer import LibraryError, ModelMismatch
+    from search import QueryError
+
+    st.title("Search your pictures")
+    st.sidebar.header("Library")
+    if "library" not in st.session_state:
+        st.session_state["library"] = default_library()
+    folder_text = st.sidebar.text_input("Library folder", key="library",
+                                        help="The folder given to `search index --library` (or $SEARCH_LIBRARY).")
+    folder = str(resolve_library_dir(folder_text.strip() or None))
+
+    try:
+        library = open_store(folder)
+        record = library.store.model()
+    except LibraryError as e:
+        no_library(folder, f"There is no library at `{folder}`.")
+        log.info("no library: %s", e)
+        return
+    if record is None:
+        no_library(folder, f"The library at `{folder}` has no pictures yet.")
+        return
+    sidebar_status(library, record)
+    options = controls()
+
+    try:
+        with st.spinner("Loading the index…"):
+            opened = open_library(folder, record.fingerprint)
+    except LibraryError as e:
+        no_library(folder, str(e))
+        return
+
+    try:
+        text, picture, label, weight = query_box(opened)
+        if not text and picture is None:
+            st.caption("Type a few words and press Enter, drop a picture above, or press “More like this” "
+                       "under any result.")
+            return
+        with st.spinner("Searching…"):
+            results = run_query(opened, text, picture, weight, options)
+    except UploadError as e:
+        st.error(str(e), icon=":material/broken_image:")
+        return
+    except ModelMismatch as e:
+        st.error(f"**This library was made with another model.** {e}", icon=":material/error:")
+        return
+    except ModelError as e:
+        st.error(f"**The library's model cannot be loaded.** {e}", icon=":material/error:")
+        return
+    except (QueryError, LibraryError) as e:
+        st.error(str(e), icon=":material/error:")
+        return
+
+    what = " and ".join(x for x in (f"“{text}”" if text else None, label) if x)
+    if not results:
+        hints = []
+        if options["min_score"]:
+            hints.append("lower the minimum score")
+        if options["under"]:
+            hints.append("clear “Only under this folder” (or check it is a folder that was indexed)")
+        st.info(f"No pictures match {what}." + (" Try to " + " or ".join(hints) + "." if hints else ""),
+                icon=":material/search_off:")
+        return
+    st.caption(f"{len(results)} pictures for {what}, sorted by {SORTS[options['sort']].lower()}.")
+    results_grid(opened, results)
+
+
+def main() -> None:
+    st.set_page_config(page_title="clipsearch", page_icon=":material/image_search:", layout="wide")
+    try:
+        page()
+    except Exception as e:  # never a traceback on the page: one readable line, details in the server log
+        from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
+
+        if isinstance(e, ScriptControlException):  # st.rerun / st.stop
+            raise
+        log.exception("the search page failed")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        st.error(f"Something went wrong: {type(e).__name__}{': ' + first if first else ''}. "
+                 "Details are in the terminal that runs the app.", icon=":material/error:")
+
+
+if __name__ == "__main__":
+    main()
