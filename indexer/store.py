@@ -184,6 +184,10 @@ class LibraryStore:
                 Picture.content_hash == content_hash, Picture.status == OK).limit(1)).first()
         return row._asdict() if row else None
 
+    def count_with_hash(self, content_hash: str) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.count()).where(Picture.content_hash == content_hash, Picture.status == OK))
+
     def counts(self) -> dict[str, int]:
         with self.session() as s:
             rows = s.execute(select(Picture.status, func.count()).group_by(Picture.status)).all()

@@ -167,11 +167,23 @@ class SearchEngine:
         norm = float(np.linalg.norm(vector))
         if norm < 1e-6:
             raise QueryError("the query's parts cancel out: nothing is left to search for")
-        results = self.search_vector(vector / norm, top_k=top_k, under=under)
-        results = self._own_picture_first(results, [t for t in terms if t.picture()])
+        pictures = [t for t in terms if t.picture()]
+        # Exact duplicates tie with the queried file; fetch them all so it can be put first.
+        extra = self._copies_of(pictures[0].value) if len(pictures) == 1 else 0
+        results = self.search_vector(vector / norm, top_k=top_k + extra, under=under)
+        results = self._own_picture_first(results, pictures)[:top_k]
         if min_score is not None:
             results = [r for r in results if r.score >= min_score]
         return sorted(results, key=SORT_KEYS[sort]) if sort != "score" else results
+
+    def _copies_of(self, picture) -> int:
+        """How many other library rows hold exactly the bytes of this picture file."""
+        if not isinstance(picture, (str, os.PathLike)):
+            return 0
+        row = self.library.store.picture_by_path(os.path.abspath(picture))
+        if row is None or row.content_hash is None:
+            return 0
+        return self.library.store.count_with_hash(row.content_hash) - 1
 
     def _own_picture_first(self, results: list[SearchResult], pictures: list[Term]) -> list[SearchResult]:
         """Among equal scores (exact duplicates), the queried file itself ranks first."""
