@@ -3,8 +3,7 @@
 from .encoder import ClipEncoder, best_device
 from .images import prepare_image
 from .loader import HUB_CONFIG, hub_folder_architecture, load_encoder
-from .spec import (DEFAULT_MODEL, DEFAULT_PRETRAINED, NO_WEIGHTS, TINY_MODEL, ModelError, ModelFingerprint,
-                   ModelSpec)
+from .spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, NO_WEIGHTS, TINY_MODEL, ModelError, ModelFingerprint, ModelSpec
 from .templates import PAPER_TEMPLATES, SHORT_TEMPLATES, fill, load_templates
 
 __all__ = [

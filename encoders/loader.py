@@ -44,7 +44,7 @@ def _check_known(spec: ModelSpec) -> None:
     if spec.model not in open_clip.list_models():
         raise ModelError(f"unknown model {spec.model!r}; see open_clip.list_models() (e.g. ViT-B-32, RN50, "
                          "clipsearch-tiny)")
-    if spec.is_random or spec.is_hub:
+    if spec.checkpoint or spec.is_random or spec.is_hub:
         return
     tags = open_clip.list_pretrained_tags_by_model(spec.model)
     if spec.pretrained not in tags:
@@ -128,13 +128,14 @@ def load_encoder(spec: ModelSpec, device: str | torch.device | None = None) -> C
     except ModelError:
         raise
     except pickle.UnpicklingError as e:
-        raise ModelError(f"refused to load {spec.checkpoint}: it needs unpickling arbitrary objects "
-                         f"(only tensors are loaded; save a state_dict or safetensors): {str(e).splitlines()[0]}") from e
+        raise ModelError(f"refused to load {spec.checkpoint}: it holds arbitrary Python objects, and only "
+                         "tensors are ever unpickled; save a plain state_dict or safetensors") from e
     except Exception as e:  # open_clip reports download and format problems as many exception types
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if spec.checkpoint:
             raise ModelError(f"cannot load checkpoint {spec.checkpoint}: {first_line}") from e
-        raise ModelError(f"cannot get weights {spec.weights} for {spec.model}: {first_line[:160]}; {OFFLINE_HINT}") from e
+        raise ModelError(f"cannot get weights {spec.weights} for {spec.model}: {first_line[:160]}; "
+                         f"{OFFLINE_HINT}") from e
     model.eval().requires_grad_(False)
     embed_dim = int(model.text_projection.shape[-1] if hasattr(model, "text_projection")
                     and model.text_projection is not None else model.visual.output_dim)

@@ -1,0 +1,87 @@
+"""`search` as a user runs it: real subprocesses, exit codes, JSON shapes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY, make_pictures, run_cli
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    photos = make_pictures(root / "photos", 8)
+    (root / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    library = root / "lib"
+    result = run_cli("index", str(root / "photos"), "--library", str(library), *TINY, check=True)
+    assert "8 added" in result.stdout and "1 failed" in result.stdout
+    assert "RANDOM WEIGHTS" in result.stderr  # --pretrained none is never silent
+    assert "Traceback" not in result.stderr
+    return library, photos
+
+
+def test_status_json_and_failed_list(indexed):
+    library, _ = indexed
+    status = json.loads(run_cli("status", "--library", str(library), "--json", check=True).stdout)
+    assert status["pictures"] == 8 and status["failed"] == 1
+    assert status["model"]["architecture"] == "clipsearch-tiny" and status["library"] == str(library)
+    failed = json.loads(run_cli("status", "--library", str(library), "--failed", "--json", check=True).stdout)
+    assert [f["path"].rsplit("/", 1)[1] for f in failed["failures"]] == ["broken.jpg"]
+    text = run_cli("status", "--library", str(library), "--failed", check=True).stdout
+    assert "broken.jpg" in text and "clipsearch-tiny" in text
+
+
+def test_image_query_json_finds_itself_first(indexed):
+    library, photos = indexed
+    out = run_cli("query", "--image", str(photos[5]), "--library", str(library), "--top", "3", "--json", check=True)
+    results = json.loads(out.stdout)["results"]
+    assert len(results) == 3 and {"path", "score"} <= set(results[0])
+    assert results[0]["path"] == str(photos[5]) and results[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_text_query_paths_only_and_env_library(indexed):
+    library, photos = indexed
+    out = run_cli("query", "a red star", "--paths-only", "--top", "4", env={"SEARCH_LIBRARY": str(library)},
+                  check=True)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 4 and set(lines) <= {str(p) for p in photos}
+
+
+def test_rerun_through_the_cli_embeds_nothing(indexed):
+    library, photos = indexed
+    out = run_cli("index", str(photos[0].parent), "--library", str(library), "--json", check=True)
+    summary = json.loads(out.stdout)
+    assert summary["embedded"] == 0 and summary["unchanged"] == 9
+
+
+@pytest.mark.parametrize("args, message", [
+    (("query",), "nothing to search for"),
+    (("query", "--image", "/nonexistent/cat.jpg"), "picture not found"),
+    (("query", "dog", "--top", "0"), "--top"),
+    (("query", "dog", "--model", "ViT-B-32", "--pretrained", "none"), "re-index"),
+    (("index", "/nonexistent/photos"), "root not found"),
+])
+def test_bad_calls_exit_2_with_one_line(indexed, args, message):
+    library, _ = indexed
+    result = run_cli(*args, "--library", str(library))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_library_and_offline_default_model(tmp_path):
+    result = run_cli("query", "dog", "--library", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "search index" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "nothing").exists()  # a query never creates a library
+    make_pictures(tmp_path / "photos", 1)
+    result = run_cli("index", str(tmp_path / "photos"), "--library", str(tmp_path / "lib"),
+                     env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--checkpoint" in result.stderr and "--pretrained none" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_lists_the_commands():
+    out = run_cli("--help", check=True).stdout
+    for command in ("index", "query", "status"):
+        assert command in out

@@ -1,0 +1,114 @@
+"""Model loading: specs, weights sources, fingerprints, refusals, offline behaviour."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import draw_picture
+from safetensors.torch import save_file
+
+import encoders.loader
+from encoders import HUB_CONFIG, ModelError, ModelSpec, load_encoder, prepare_image
+from encoders.loader import CONFIG_DIR
+
+TINY_CFG = json.loads((CONFIG_DIR / "clipsearch-tiny.json").read_text())
+
+
+def perturbed_state(encoder, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {k: (v + 0.05 * torch.randn(v.shape, generator=generator)).contiguous() if v.is_floating_point() else v
+            for k, v in encoder.model.state_dict().items()}
+
+
+def test_encodings_are_unit_float32_and_deterministic(tiny_encoder):
+    pictures = [draw_picture(i) for i in range(3)]
+    vectors = tiny_encoder.encode_images(pictures)
+    assert vectors.dtype == np.float32 and vectors.shape == (3, tiny_encoder.dim)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    again = load_encoder(ModelSpec.from_options("clipsearch-tiny", "none", None))
+    assert np.allclose(again.encode_images(pictures), vectors, atol=1e-6)
+    assert again.fingerprint == tiny_encoder.fingerprint
+
+
+def test_long_text_lists_are_batched(tiny_encoder):
+    texts = [f"picture number {i}" for i in range(37)]
+    batched = tiny_encoder.encode_texts(texts, batch_size=8)
+    whole = tiny_encoder.encode_texts(texts)
+    assert batched.shape == (37, tiny_encoder.dim) and np.allclose(batched, whole, atol=1e-5)
+
+
+def test_transparency_is_composited_onto_white():
+    from PIL import Image
+
+    clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert prepare_image(clear).getpixel((0, 0)) == (255, 255, 255)
+    palette = Image.new("P", (4, 4), 0)
+    palette.info["transparency"] = 0
+    assert prepare_image(palette).getpixel((1, 1)) == (255, 255, 255)
+    assert prepare_image(Image.new("LA", (2, 2), (10, 255))).getpixel((0, 0)) == (10, 10, 10)
+
+
+def test_checkpoint_folder_in_hub_format_loads_alone(tmp_path, tiny_encoder):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / HUB_CONFIG).write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {},
+                                                 "clipsearch": {"architecture": "clipsearch-tiny"}}))
+    save_file(perturbed_state(tiny_encoder), folder / "open_clip_model.safetensors")
+    encoder = load_encoder(ModelSpec.from_options(None, None, str(folder)))
+    assert encoder.fingerprint.architecture == "clipsearch-tiny"
+    assert encoder.fingerprint.weights_digest.startswith("sha256:")
+    assert encoder.fingerprint.id != tiny_encoder.fingerprint.id
+    picture = draw_picture(0)
+    assert not np.allclose(encoder.encode_images([picture]), tiny_encoder.encode_images([picture]))
+
+
+def test_weights_file_needs_its_architecture_and_loads_tensors_only(tmp_path, tiny_encoder):
+    weights = tmp_path / "weights.pt"
+    torch.save({"state_dict": perturbed_state(tiny_encoder)}, weights)
+    with pytest.raises(ModelError, match="--model"):
+        ModelSpec.from_options(None, None, str(weights))
+    encoder = load_encoder(ModelSpec.from_options("clipsearch-tiny", None, str(weights)))
+    assert encoder.fingerprint.weights == f"checkpoint:{weights}"
+
+
+class Payload:
+    """An arbitrary object: loading it would run code from the checkpoint."""
+
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path, tiny_encoder):
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": perturbed_state(tiny_encoder), "extra": Payload()}, evil)
+    with pytest.raises(ModelError, match="refused"):
+        load_encoder(ModelSpec.from_options("clipsearch-tiny", None, str(evil)))
+
+
+def test_offline_default_model_fails_fast_with_the_alternatives(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(encoders.loader, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelError) as error:
+        load_encoder(ModelSpec.from_options(None, None, None))
+    message = str(error.value)
+    assert "--checkpoint" in message and "--pretrained none" in message and "\n" not in message
+
+
+def test_unknown_models_and_tags_are_named(tmp_path):
+    with pytest.raises(ModelError, match="unknown model"):
+        load_encoder(ModelSpec(model="ViT-Nope", pretrained="none"))
+    with pytest.raises(ModelError, match="known tags"):
+        load_encoder(ModelSpec(model="ViT-B-32", pretrained="no-such-tag"))
+    with pytest.raises(ModelError, match="not found"):
+        ModelSpec.from_options(None, None, str(tmp_path / "missing"))
+    with pytest.raises(ModelError, match="either"):
+        ModelSpec.from_options(None, "none", str(tmp_path))
+
+
+def test_spec_round_trips_through_its_weights_string(tmp_path):
+    for spec in (ModelSpec("ViT-B-32", "laion2b_s34b_b79k"), ModelSpec("clipsearch-tiny", "none"),
+                 ModelSpec("ViT-B-32", "hf-hub:org/repo"), ModelSpec("", None, str(tmp_path))):
+        assert ModelSpec.from_weights(spec.model, spec.weights) == spec
