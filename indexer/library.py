@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,8 +42,15 @@ class Library:
         if url.startswith("sqlite") and not (folder / DB_NAME).is_file():
             if not create:
                 raise LibraryError(f"no library at {folder}: create one with `search index PATH --library {folder}`")
-            folder.mkdir(parents=True, exist_ok=True)
-        return cls(folder, LibraryStore.open(url, create=create))
+        try:
+            if url.startswith("sqlite") and create:
+                folder.mkdir(parents=True, exist_ok=True)
+            return cls(folder, LibraryStore.open(url, create=create))
+        except Exception as e:
+            problem = storage_error(e, folder)
+            if problem is None:
+                raise
+            raise problem from e
 
     def exists(self) -> bool:
         return self.model is not None
@@ -53,7 +62,8 @@ class Library:
     def model_spec(self) -> ModelSpec:
         record = self.model
         if record is None:
-            raise LibraryError(f"the library at {self.folder} is empty: run `search index PATH --library {self.folder}`")
+            raise LibraryError(f"the library at {self.folder} is empty: "
+                               f"run `search index PATH --library {self.folder}`")
         return ModelSpec.from_weights(record.architecture, record.weights)
 
     def adopt_or_check_model(self, fingerprint: ModelFingerprint) -> None:
@@ -66,13 +76,28 @@ class Library:
         check_same_model(record, fingerprint, self.folder)
 
     @contextlib.contextmanager
-    def writer_lock(self) -> Iterator[None]:
-        """One writer at a time; a second `search index` is refused at once, never interleaved."""
-        with open(self.folder / LOCK_NAME, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LibraryBusy(f"another `search index` is writing to {self.folder}; wait for it to finish") from None
+    def writer_lock(self, wait: float = 0.0) -> Iterator[None]:
+        """One writer at a time. A second writer waits up to ``wait`` seconds (0: refused at once) and is
+        then refused with `LibraryBusy`, naming the process that holds the library; never interleaved.
+        The lock is the kernel's (flock): a writer killed with -9 releases it with its last breath."""
+        try:
+            handle = open(self.folder / LOCK_NAME, "a+")
+        except OSError as e:
+            raise storage_error(e, self.folder) or LibraryError(f"cannot lock {self.folder}: {e}") from e
+        with handle:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        handle.seek(0)
+                        holder = handle.read().strip()
+                        who = f" (process {holder})" if holder.isdigit() else ""
+                        raise LibraryBusy(f"another `search index`{who} is writing to {self.folder}; wait for it "
+                                          f"to finish, then run this command again") from None
+                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
             handle.seek(0)
             handle.truncate()
             handle.write(f"{os.getpid()}\n")
@@ -93,3 +118,30 @@ def check_same_model(record: LibraryModel, fingerprint: ModelFingerprint, folder
         f"the library at {folder} was filled by {record.architecture} ({record.weights}), not "
         f"{fingerprint.architecture} ({fingerprint.weights}); query without --model/--pretrained/--checkpoint to "
         f"use the library's model, or re-index with the new one into another library (--library NEW_DIR)")
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(error: BaseException, folder: Path) -> LibraryError | None:
+    """A full disk or a read-only library folder, from whichever layer noticed it, as one clear message.
+
+    Every write is one transaction (rows + vectors) or an atomic file replace, so what was
+    committed before stays, and nothing half-written is left behind.
+    """
+    text = " ".join(str(e) for e in (error, getattr(error, "orig", None), error.__cause__) if e)
+    low = text.lower()
+    code = getattr(error, "errno", None) or getattr(getattr(error, "orig", None), "errno", None)
+    if code in _FULL or "disk is full" in low or "no space left" in low or "file too large" in low \
+            or "quota exceeded" in low:
+        return LibraryError(f"the disk holding the library at {folder} is full: nothing half-written was kept and "
+                            f"everything stored before is intact; free some space and run the same command again")
+    if code in _READ_ONLY or "readonly database" in low or "read-only file system" in low \
+            or "unable to open database file" in low or "permission denied" in low:
+        return LibraryError(f"the library folder {folder} is read-only or not writable by this user: nothing was "
+                            f"changed; make it writable or choose another folder with --library")
+    if "disk i/o error" in low:
+        return LibraryError(f"the disk holding the library at {folder} failed to write (disk I/O error; often a full "
+                            f"disk): everything stored before is intact; fix the disk and run the same command again")
+    return None

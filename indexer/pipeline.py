@@ -16,10 +16,12 @@ from sqlalchemy import delete, select
 
 from encoders import ClipEncoder
 
-from .decode import MAX_PIXELS, DecodeError, content_hash, decode_picture
-from .library import Library, LibraryError
-from .scan import ScannedFile, ScanOptions, scan
+from .decode import MAX_PIXELS
+from .library import Library, LibraryError, storage_error
+from .prepare import Prepared, SplitPreprocess, prepare_file
+from .scan import ScanOptions, scan
 from .store import FAILED, OK, Picture, PictureState, utcnow, vector_bytes
+from .workers import DEFAULT_TIMEOUT, DecodePool
 
 
 class MissingRoot(LibraryError):
@@ -27,19 +29,34 @@ class MissingRoot(LibraryError):
 
 
 def default_batch_size(device: torch.device) -> int:
+    """Pictures per encoder call: large on a GPU (the pipeline backs off on out-of-memory), 32 on a CPU,
+    where bigger batches buy nothing and only delay the first commit."""
     return 128 if device.type == "cuda" else 32
 
 
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(device: torch.device | None = None) -> int:
+    """Decode processes: on a CPU the encoder needs the cores most of the time and decoding fills the
+    gaps (one worker per core keeps it ahead); a GPU leaves every core to decoding."""
+    cores = available_cores()
+    if device is not None and device.type == "cuda":
+        return max(1, min(16, cores - 1))
+    return max(1, min(8, cores))
 
 
 @dataclass(frozen=True)
 class IndexOptions:
     batch_size: int | None = None
-    workers: int | None = None
+    workers: int | None = None  # decode processes; 0 = decode in threads of this process (no isolation)
     scan: ScanOptions = ScanOptions()
     max_pixels: int = MAX_PIXELS
+    decode_timeout: float = DEFAULT_TIMEOUT  # seconds for one file before its decoder is killed
 
 
 @dataclass
@@ -67,56 +84,19 @@ class Progress:
 
 
 @dataclass
-class Prepared:
-    """A scanned file after the worker: hashed, and decoded to a model tensor when it needs encoding."""
-
-    file: ScannedFile
-    hash: str | None = None
-    tensor: torch.Tensor | None = None
-    width: int | None = None
-    height: int | None = None
-    taken_at: object = None
-    error: str | None = None
-    vanished: bool = False
-
-
-@dataclass
 class _Batch:
-    """Row writes waiting for one transaction, and the tensors whose vectors they need."""
+    """Row writes waiting for one transaction, and the pixels whose vectors they need."""
 
     inserts: list[dict] = field(default_factory=list)
     updates: list[tuple[int, dict]] = field(default_factory=list)
-    tensors: list[torch.Tensor] = field(default_factory=list)
-    # (insert or update entry, index into tensors) for rows whose vector comes from the encoder
+    pixels: list[np.ndarray] = field(default_factory=list)
+    # (insert or update entry, index into pixels) for rows whose vector comes from the encoder
     needs_vector: list[tuple[dict, int]] = field(default_factory=list)
     # rows copying the vector of a picture being encoded in this batch: (entry, hash)
     copies: list[tuple[dict, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.inserts) + len(self.updates)
-
-
-def _prepare(file: ScannedFile, encoder: ClipEncoder, skip_decode: Callable[[str], bool], max_pixels: int) -> Prepared:
-    if file.problem:
-        return Prepared(file, error=file.problem)
-    try:
-        data = Path(file.path).read_bytes()
-    except FileNotFoundError:
-        return Prepared(file, vanished=True)
-    except OSError as e:
-        return Prepared(file, error=f"unreadable: {e.strerror or e}")
-    prepared = Prepared(file, hash=content_hash(data))
-    if skip_decode(prepared.hash):
-        return prepared
-    try:
-        picture = decode_picture(data, min(encoder.image_size), max_pixels)
-        prepared.tensor = encoder.preprocess(picture.image)
-        prepared.width, prepared.height, prepared.taken_at = picture.width, picture.height, picture.taken_at
-    except DecodeError as e:
-        prepared.error = str(e)
-    except Exception as e:  # a picture that breaks the transform must not stop the run
-        prepared.error = f"{type(e).__name__}: {e}"
-    return prepared
 
 
 def _ordered_map(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator:
@@ -146,6 +126,7 @@ class IndexRun:
         self.options = options
         self.progress = progress
         self.batch_size = options.batch_size or default_batch_size(encoder.device)
+        self.split = SplitPreprocess(encoder.preprocess)
         self.summary = IndexSummary()
         self.vectors = None
         self.known_hashes: set[str] = set()
@@ -173,19 +154,21 @@ class IndexRun:
                 todo.append((file, state))
         self.progress.start(len(todo))
         states = {file.path: state for file, state in todo}
-        workers = self.options.workers or default_workers()
-        prepared = _ordered_map(
-            lambda f: _prepare(f, self.encoder, self._reusable, self.options.max_pixels),
-            (file for file, _ in todo), workers, window=max(2 * self.batch_size, 4 * workers))
+        vanished: list[PictureState] = []
         batch = _Batch()
-        for item in prepared:
-            self._route(item, states[item.file.path], batch)
+        for item in self._prepared(file for file, _ in todo):
+            state = states[item.file.path]
+            if item.vanished:  # deleted between the scan and now: like a file the scan did not see
+                if state is not None:
+                    vanished.append(state)
+            else:
+                self._route(item, state, batch)
             self.progress.advance()
-            if len(batch.tensors) >= self.batch_size or len(batch) >= 4 * self.batch_size:
+            if len(batch.pixels) >= self.batch_size or len(batch) >= 4 * self.batch_size:
                 self._commit(batch)
                 batch = _Batch()
         self._commit(batch)
-        self._remove([s for s in gone.values() if s.content_hash not in self.moved_hashes])
+        self._remove([s for s in gone.values() if s.content_hash not in self.moved_hashes] + vanished)
         if self.vectors.ntotal != self.store.counts()["pictures"]:
             self.vectors = self.library.vector_index(writer=False)  # out of step: rebuild from rows
         self.vectors.save(self.library.folder, self.store)
@@ -193,13 +176,28 @@ class IndexRun:
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
+    def _prepared(self, files: Iterable) -> Iterator[Prepared]:
+        """Files → Prepared, in order, decoded ahead of the encoder by worker processes."""
+        min_side = min(self.encoder.image_size)
+        skip = frozenset(self.known_hashes) | frozenset(self.gone_by_hash)
+        split, max_pixels = self.split, self.options.max_pixels
+        workers = self.options.workers if self.options.workers is not None else default_workers(self.encoder.device)
+        window = max(2 * self.batch_size, 4 * max(workers, 1))
+
+        def work(file):
+            return prepare_file(file, min_side, split, skip, max_pixels)
+
+        if workers == 0 or not _can_fork():
+            return _ordered_map(work, files, max(1, workers or available_cores()), window)
+        pool = DecodePool(work, lambda file, reason: Prepared(file, error=reason), workers, window,
+                          timeout=self.options.decode_timeout)
+        return pool.imap(files)
+
     def _reusable(self, digest: str) -> bool:
         return digest in self.known_hashes or digest in self.gone_by_hash
 
     def _route(self, item: Prepared, state: PictureState | None, batch: _Batch) -> None:
         file = item.file
-        if item.vanished:
-            return
         base = {"path": file.path, "size": file.size, "mtime_ns": file.mtime_ns, "content_hash": item.hash,
                 "indexed_at": utcnow()}
         if item.error:
@@ -218,7 +216,7 @@ class IndexRun:
             self.summary.moved += 1
             return
         entry = {**base, "status": OK, "error": None}
-        if item.tensor is None:  # an exact copy of a picture already embedded
+        if item.pixels is None:  # an exact copy of a picture already embedded
             copy = self.fresh.get(item.hash) or self.store.embedded_copy(item.hash)
             if copy is None:
                 batch.copies.append((entry, item.hash))
@@ -230,8 +228,8 @@ class IndexRun:
             self.summary.duplicates += 1
         else:
             entry.update(width=item.width, height=item.height, taken_at=item.taken_at)
-            batch.needs_vector.append((entry, len(batch.tensors)))
-            batch.tensors.append(item.tensor)
+            batch.needs_vector.append((entry, len(batch.pixels)))
+            batch.pixels.append(item.pixels)
             self.in_flight.add(item.hash)
             self.known_hashes.add(item.hash)
         self._write(batch, state, entry)
@@ -250,9 +248,9 @@ class IndexRun:
     def _commit(self, batch: _Batch) -> None:
         if not len(batch):
             return
-        if batch.tensors:
-            vectors = self.encoder.encode_images(torch.stack(batch.tensors))
-            self.summary.embedded += len(batch.tensors)
+        if batch.pixels:
+            vectors = self.encoder.encode_images(self.split.batch(batch.pixels))
+            self.summary.embedded += len(batch.pixels)
             for entry, position in batch.needs_vector:
                 entry["vector"] = vector_bytes(vectors[position])
                 self.fresh[entry["content_hash"]] = {k: entry[k] for k in ("vector", "width", "height", "taken_at")}
@@ -281,7 +279,8 @@ class IndexRun:
         self.vectors.remove(np.asarray(stale, dtype=np.int64))
         if fresh:
             ids = np.fromiter((i for i, _ in fresh), dtype=np.int64, count=len(fresh))
-            self.vectors.add(ids, np.frombuffer(b"".join(v for _, v in fresh), dtype=np.float32).reshape(len(fresh), -1))
+            matrix = np.frombuffer(b"".join(v for _, v in fresh), dtype=np.float32).reshape(len(fresh), -1)
+            self.vectors.add(ids, matrix)
 
     def _remove(self, states: list[PictureState]) -> None:
         if not states:
@@ -302,4 +301,16 @@ def index_folders(library: Library, encoder: ClipEncoder, roots: Iterable[str | 
     if missing:
         raise MissingRoot(f"root not found: {', '.join(missing)} (is it unmounted? nothing was changed or deleted)")
     with library.writer_lock():
-        return IndexRun(library, encoder, options, progress or Progress()).run(paths)
+        try:
+            return IndexRun(library, encoder, options, progress or Progress()).run(paths)
+        except Exception as e:
+            problem = storage_error(e, library.folder)
+            if problem is None:
+                raise
+            raise problem from e
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
