@@ -29,7 +29,7 @@ log = logging.getLogger("clipsearch.app")
 GRID_COLUMNS = 5
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif"]
 MAX_UPLOAD_MB = 50
-SORTS = {"score": "Best match", "date": "Date (oldest first)", "path": "File path"}
+SORTS = {"score": "Best match", "date": "Newest first", "path": "File path"}
 
 
 class UploadError(Exception):
@@ -137,7 +137,8 @@ def sidebar_status(library, record) -> None:
     if roots:
         st.sidebar.caption("Folders: " + ", ".join(f"`{r.path}`" for r in roots))
     if counts["failed"]:
-        if st.sidebar.toggle(f"{counts['failed']:,} files could not be read — show them", key="show_failed"):
+        files = "file" if counts["failed"] == 1 else "files"
+        if st.sidebar.toggle(f"{counts['failed']:,} {files} could not be read — show", key="show_failed"):
             failures = library.store.failures()
             st.sidebar.dataframe([{"file": p, "reason": e} for p, e in failures[:1000]], hide_index=True)
             if len(failures) > 1000:
@@ -257,7 +258,7 @@ def results_grid(opened: Opened, results) -> None:
             with column, st.container(border=True, key=f"result-{result.id}"):
                 path = Path(result.path)
                 show_thumbnail(opened, result.id)
-                st.markdown(f"**{result.score:.3f}** · {path.name}", help=str(path))
+                st.markdown(f"**{result.score:.3f}** · {path.name}")
                 st.caption(str(path.parent))
                 with st.container(horizontal=True, gap="small"):
                     if st.button("View", key=f"view-{result.id}", icon=":material/open_in_full:"):
@@ -276,8 +277,10 @@ def run_query(opened: Opened, text: str, picture, weight: float, options: dict):
         terms.append(Term(picture.value, weight=weight, is_image=True))
     terms = [t for t in terms if t.weight > 0]
     with opened.lock:
-        return opened.engine.query(terms=terms, top_k=options["top_k"], under=options["under"],
-                                   min_score=options["min_score"], sort=options["sort"])
+        results = opened.engine.query(terms=terms, top_k=options["top_k"], under=options["under"],
+                                      min_score=options["min_score"], sort=options["sort"])
+    # The engine sorts dates oldest first; on a page of pictures the newest come first.
+    return results[::-1] if options["sort"] == "date" else results
 
 
 def page() -> None:
@@ -285,7 +288,7 @@ def page() -> None:
     from indexer import LibraryError, ModelMismatch
     from search import QueryError
 
-    st.title("Search your pictures")
+    st.title("Picture search")
     st.sidebar.header("Library")
     if "library" not in st.session_state:
         st.session_state["library"] = default_library()
@@ -344,7 +347,8 @@ def page() -> None:
         st.info(f"No pictures match {what}." + (" Try to " + " or ".join(hints) + "." if hints else ""),
                 icon=":material/search_off:")
         return
-    st.caption(f"{len(results)} pictures for {what}, sorted by {SORTS[options['sort']].lower()}.")
+    order = {"score": "best match first", "date": "newest first", "path": "by file path"}[options["sort"]]
+    st.caption(f"{len(results)} {'picture' if len(results) == 1 else 'pictures'} for {what}, {order}.")
     results_grid(opened, results)
 
 

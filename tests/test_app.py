@@ -1,0 +1,322 @@
+"""The Streamlit search page, driven by Streamlit's own AppTest over a small library made here.
+
+The tiny model has random weights, so text rankings mean nothing: text queries are checked
+for structure, and picture queries for self-retrieval (a library picture finds itself first).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from encoders import ModelSpec, load_encoder  # noqa: E402
+from indexer import Library, index_folders  # noqa: E402
+from search.thumbnails import GRID_SIZE, Thumbnails, make_preview  # noqa: E402
+from search.webapp import UploadError, human_size, library_from_argv, read_upload  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+COLOURS = ["red", "green", "blue", "orange", "purple", "gold", "cyan", "magenta", "brown", "black", "pink", "gray"]
+TIMEOUT = 90  # the first run imports torch and open_clip
+
+
+def make_pictures(folder: Path, colours=COLOURS) -> list[Path]:
+    """Distinct coloured shapes, JPEG and PNG, in two sub-folders."""
+    paths = []
+    for i, colour in enumerate(colours):
+        image = Image.new("RGB", (160 + 8 * i, 128), "white")
+        draw = ImageDraw.Draw(image)
+        shape = i % 3
+        if shape == 0:
+            draw.ellipse([24, 14, 124, 114], fill=colour)
+        elif shape == 1:
+            draw.rectangle([24, 14, 124, 114], fill=colour)
+        else:
+            draw.polygon([(74, 8), (16, 120), (132, 120)], fill=colour)
+        draw.line([(0, 4 * i), (image.width, 127 - 4 * i)], fill="black", width=3)
+        sub = folder / ("shapes" if i < 8 else "more")
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"{i:02d}-{colour}.{'jpg' if i % 2 else 'png'}"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder(ModelSpec.from_options("clipsearch-tiny", "none", None))
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, encoder):
+    root = tmp_path_factory.mktemp("applib")
+    pictures = make_pictures(root / "pictures")
+    (root / "pictures" / "broken.jpg").write_bytes(b"not a picture at all")
+    lib = Library.open(root / "library", create=True)
+    index_folders(lib, encoder, [root / "pictures"])
+    ids = {p: lib.store.picture_by_path(str(p.absolute())).id for p in pictures}
+    return {"dir": root / "library", "pictures": pictures, "ids": ids, "root": root}
+
+
+def open_app(monkeypatch, library_dir: Path) -> AppTest:
+    monkeypatch.setenv("SEARCH_LIBRARY", str(library_dir))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def result_names(at: AppTest) -> list[str]:
+    """File names of the grid, in order (each card has "**score** · name")."""
+    return [m.value.split(" · ", 1)[1] for m in at.markdown if m.value.startswith("**") and " · " in m.value]
+
+
+def result_scores(at: AppTest) -> list[float]:
+    return [float(m.value.split("**")[1]) for m in at.markdown if m.value.startswith("**") and " · " in m.value]
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+# -- states --------------------------------------------------------------------------------------
+
+
+def test_no_library_tells_the_command(monkeypatch, tmp_path):
+    missing = tmp_path / "nowhere"
+    at = open_app(monkeypatch, missing)
+    assert f"search index PATH --library {missing}" in texts(at.code)
+    assert "No pictures to search yet" in texts(at.info)
+    assert not any(w.key == "q" for w in at.text_input)  # nothing to search in yet
+    assert not missing.exists(), "looking at a library must not create one"
+
+
+def test_empty_library_tells_the_command(monkeypatch, tmp_path):
+    Library.open(tmp_path / "empty", create=True)
+    at = open_app(monkeypatch, tmp_path / "empty")
+    assert f"search index PATH --library {tmp_path / 'empty'}" in texts(at.code)
+    assert "has no pictures yet" in texts(at.info)
+
+
+def test_library_from_command_line_wins(monkeypatch, library, tmp_path):
+    assert library_from_argv(["--library", "/a"]) == "/a"
+    assert library_from_argv(["-x", "--library=/b"]) == "/b"
+    assert library_from_argv(["-x"]) is None
+    monkeypatch.setattr("sys.argv", ["app.py", "--library", str(library["dir"])])
+    at = open_app(monkeypatch, tmp_path / "not-this-one")  # $SEARCH_LIBRARY loses to --library
+    assert at.text_input(key="library").value == str(library["dir"])
+
+
+def test_sidebar_shows_the_library(monkeypatch, library):
+    at = open_app(monkeypatch, library["dir"])
+    sidebar = texts(at.sidebar.markdown)
+    assert "12 pictures" in sidebar and "clipsearch-tiny" in sidebar and "Last indexed: 20" in sidebar
+    toggle = at.sidebar.toggle(key="show_failed")
+    assert "1 file could not be read" in toggle.label
+    toggle.set_value(True).run()
+    failures = at.sidebar.dataframe[0].value
+    assert list(failures["file"]) == [str(library["root"] / "pictures" / "broken.jpg")]
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+
+def test_text_query_shows_a_ranked_grid(monkeypatch, library):
+    at = open_app(monkeypatch, library["dir"])
+    at.text_input(key="q").input("a red circle").run()
+    assert not at.exception and not at.error
+    names = result_names(at)
+    assert sorted(names) == sorted(p.name for p in library["pictures"])  # all 12 (top 20), broken one absent
+    scores = result_scores(at)
+    assert scores == sorted(scores, reverse=True)
+    assert len(at.image) == 12
+    assert "12 pictures for “a red circle”, best match first." in texts(at.caption)
+    at.sidebar.slider(key="top_k").set_value(5).run()
+    assert len(result_names(at)) == 5 and result_scores(at) == scores[:5]
+
+
+def test_more_like_this_finds_the_picture_first(monkeypatch, library):
+    at = open_app(monkeypatch, library["dir"])
+    at.text_input(key="q").input("anything").run()
+    target = library["pictures"][7]
+    at.button(key=f"more-{library['ids'][target]}").click().run()
+    assert not at.exception and not at.error
+    assert result_names(at)[0] == target.name
+    assert result_scores(at)[0] == pytest.approx(1.0, abs=1e-3)
+    assert at.text_input(key="q").value == ""  # the words were replaced by the picture
+    assert f"Pictures like **{target.name}**" in texts(at.markdown)
+    at.button(key="clear-like").click().run()
+    assert result_names(at) == [] and not at.error
+
+
+def test_upload_finds_the_same_picture_first(monkeypatch, library):
+    at = open_app(monkeypatch, library["dir"])
+    target = library["pictures"][4]  # a PNG
+    at.file_uploader[0].upload(target.name, target.read_bytes(), "image/png")
+    at.run()
+    assert not at.exception and not at.error
+    assert result_names(at)[0] == target.name
+    assert result_scores(at)[0] > 0.99
+
+
+def test_words_and_picture_combined_with_a_weight(monkeypatch, library):
+    at = open_app(monkeypatch, library["dir"])
+    at.text_input(key="q").input("a blue triangle").run()
+    text_only = result_names(at)
+    target = library["pictures"][9]  # a JPEG
+    at.file_uploader[0].upload(target.name, target.read_bytes(), "image/jpeg")
+    at.run()
+    weight = at.slider(key="picture_weight")
+    assert weight.value == 0.5
+    assert "for “a blue triangle” and the picture you uploaded" in texts(at.caption)
+    weight.set_value(1.0).run()
+    assert result_names(at)[0] == target.name and result_scores(at)[0] > 0.99
+    at.slider(key="picture_weight").set_value(0.0).run()
+    assert result_names(at) == text_only
+
+
+def test_unreadable_upload_is_a_message(monkeypatch, library):
+    at = open_app(monkeypatch, library["dir"])
+    at.file_uploader[0].upload("holiday.jpg", b"\xff\xd8\xff\xe0 this is not really a jpeg", "image/jpeg")
+    at.run()
+    assert not at.exception
+    assert "“holiday.jpg” cannot be read as a picture" in texts(at.error)
+    assert result_names(at) == []
+
+
+def test_read_upload_directly():
+    buffer = io.BytesIO()
+    Image.new("RGBA", (40, 30), (255, 0, 0, 0)).save(buffer, "PNG")
+    image = read_upload(buffer.getvalue(), "clear.png", 32)
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)  # transparency onto white
+    with pytest.raises(UploadError, match="empty"):
+        read_upload(b"", "nothing.png", 32)
+    with pytest.raises(UploadError, match="cannot be read as a picture"):
+        read_upload(b"GIF89a broken", "bad.gif", 32)
+
+
+def test_empty_results_are_explained(monkeypatch, library):
+    at = open_app(monkeypatch, library["dir"])
+    at.sidebar.slider(key="min_score").set_value(1.0).run()
+    at.text_input(key="q").input("a green square").run()
+    assert not at.exception and not at.error
+    assert "No pictures match “a green square”. Try to lower the minimum score." in texts(at.info)
+    at.sidebar.slider(key="min_score").set_value(0.0).run()
+    at.sidebar.text_input(key="under").input(str(library["root"] / "pictures" / "more")).run()
+    assert sorted(result_names(at)) == sorted(p.name for p in library["pictures"][8:])
+    at.sidebar.text_input(key="under").input("/etc").run()
+    assert "clear “Only under this folder”" in texts(at.info)
+
+
+def test_a_path_typed_as_words_is_only_words(monkeypatch, library):
+    """Text from the page never names a file to open: a path in the search box is searched as text."""
+    at = open_app(monkeypatch, library["dir"])
+    target = library["pictures"][2]
+    at.text_input(key="q").input(str(target)).run()
+    assert not at.error
+    assert result_scores(at)[0] < 0.99  # with the picture's own vector it would score 1.0
+
+
+def test_sort_by_path_and_date(monkeypatch, library):
+    at = open_app(monkeypatch, library["dir"])
+    at.text_input(key="q").input("shapes").run()
+    at.sidebar.radio(key="sort").set_value("path").run()
+    by_path = [str(p) for p in sorted(library["pictures"], key=str)]
+    assert result_names(at) == [Path(p).name for p in by_path]
+    at.sidebar.radio(key="sort").set_value("date").run()
+    assert "newest first" in texts(at.caption) and len(result_names(at)) == 12
+
+
+def test_model_mismatch_is_a_message(monkeypatch, library, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(library["dir"], copy)
+    with sqlite3.connect(copy / "library.db") as db:
+        db.execute("UPDATE library SET fingerprint = 'deadbeefdeadbeef'")
+    at = open_app(monkeypatch, copy)
+    at.text_input(key="q").input("a red circle").run()
+    assert not at.exception
+    assert "This library was made with another model" in texts(at.error)
+
+
+def test_view_opens_the_picture_large(monkeypatch, library):
+    at = open_app(monkeypatch, library["dir"])
+    at.text_input(key="q").input("a red circle").run()
+    first = result_names(at)[0]
+    target = next(p for p in library["pictures"] if p.name == first)
+    at.button(key=f"view-{library['ids'][target]}").click().run()
+    assert not at.exception
+    assert str(target.absolute()) in texts(at.code)
+    facts = texts(at.markdown)
+    with Image.open(target) as image:
+        assert f"**Dimensions:** {image.width} × {image.height} pixels" in facts
+    assert f"**File size:** {human_size(target.stat().st_size)}" in facts
+
+
+# -- freshness and thumbnails ----------------------------------------------------------------
+
+
+def test_reindex_while_open_shows_new_pictures(monkeypatch, tmp_path, encoder):
+    pictures = make_pictures(tmp_path / "pictures", COLOURS[:4])
+    lib = Library.open(tmp_path / "library", create=True)
+    index_folders(lib, encoder, [tmp_path / "pictures"])
+    at = open_app(monkeypatch, tmp_path / "library")
+    at.text_input(key="q").input("colours").run()
+    assert len(result_names(at)) == 4 and "4 pictures" in texts(at.sidebar.markdown)
+
+    new = make_pictures(tmp_path / "new", ["navy"])[0]
+    moved = tmp_path / "pictures" / "shapes" / "zz-navy.png"
+    shutil.move(new, moved)
+    index_folders(lib, encoder, [tmp_path / "pictures"])  # as `search index` would, from another process
+    at.run()
+    assert "5 pictures" in texts(at.sidebar.markdown)
+    assert "zz-navy.png" in result_names(at)
+    at.button(key=f"more-{lib.store.picture_by_path(str(moved)).id}").click().run()
+    assert result_names(at)[0] == "zz-navy.png"
+    assert pictures  # the first four are still there
+    assert len(result_names(at)) == 5
+
+
+def test_thumbnails_are_made_once_and_small(library, tmp_path):
+    big = tmp_path / "big" / "photo.jpg"
+    big.parent.mkdir()
+    Image.new("RGB", (4000, 3000), "teal").save(big, quality=80)
+    started = time.perf_counter()
+    preview = make_preview(big, GRID_SIZE)
+    assert time.perf_counter() - started < 2.0
+    with Image.open(io.BytesIO(preview)) as image:
+        assert max(image.size) == GRID_SIZE and image.format == "JPEG"
+
+    lib = Library.open(library["dir"])
+    thumbs = Thumbnails(lib, folder=tmp_path / "thumbs")
+    ids = list(library["ids"].values())
+    first = [thumbs.get(i) for i in ids]
+    assert thumbs.made == len(ids) and len(list((tmp_path / "thumbs").glob("*.jpg"))) == len(ids)
+    again = Thumbnails(lib, folder=tmp_path / "thumbs")  # e.g. after a server restart
+    assert [again.get(i) for i in ids] == first and again.made == 0
+
+
+def test_thumbnails_serve_only_library_rows(library, tmp_path):
+    from search.thumbnails import PreviewError
+
+    thumbs = Thumbnails(Library.open(library["dir"]), folder=tmp_path / "thumbs")
+    with pytest.raises(PreviewError, match="no longer in the library"):
+        thumbs.get(10_000)
+    assert thumbs.made == 0
+
+
+def test_grid_thumbnails_are_cached_on_disk(monkeypatch, library):
+    at = open_app(monkeypatch, library["dir"])
+    at.text_input(key="q").input("a red circle").run()
+    thumbs = library["dir"] / "thumbs"
+    made = {p.name: p.stat().st_mtime_ns for p in thumbs.glob("*.jpg")}
+    assert len(made) >= 12
+    at.text_input(key="q").input("a yellow square").run()
+    assert {p.name: p.stat().st_mtime_ns for p in thumbs.glob("*.jpg")} == made
