@@ -130,7 +130,6 @@ class IndexRun:
         self.summary = IndexSummary()
         self.vectors = None
         self.known_hashes: set[str] = set()
-        self.fresh: dict[str, dict] = {}  # hash → vector and facts of pictures embedded in this run
         self.in_flight: set[str] = set()  # hashes queued for encoding and not yet stored
         self.gone_by_hash: dict[str, PictureState] = {}  # rows whose file vanished, by content: move targets
         self.moved_hashes: set[str] = set()
@@ -217,7 +216,7 @@ class IndexRun:
             return
         entry = {**base, "status": OK, "error": None}
         if item.pixels is None:  # an exact copy of a picture already embedded
-            copy = self.fresh.get(item.hash) or self.store.embedded_copy(item.hash)
+            copy = self.store.embedded_copy(item.hash)
             if copy is None:
                 batch.copies.append((entry, item.hash))
             else:
@@ -248,15 +247,16 @@ class IndexRun:
     def _commit(self, batch: _Batch) -> None:
         if not len(batch):
             return
+        made: dict[str, dict] = {}  # hash → vector and facts of the pictures encoded for this batch
         if batch.pixels:
             vectors = self.encoder.encode_images(self.split.batch(batch.pixels))
             self.summary.embedded += len(batch.pixels)
             for entry, position in batch.needs_vector:
                 entry["vector"] = vector_bytes(vectors[position])
-                self.fresh[entry["content_hash"]] = {k: entry[k] for k in ("vector", "width", "height", "taken_at")}
+                made[entry["content_hash"]] = {k: entry[k] for k in ("vector", "width", "height", "taken_at")}
                 self.in_flight.discard(entry["content_hash"])
         for entry, digest in batch.copies:
-            copy = self.fresh.get(digest) or self.store.embedded_copy(digest)
+            copy = made.get(digest) or self.store.embedded_copy(digest)
             if copy is None:  # the original failed after all; identical bytes fail alike
                 entry.update(status=FAILED, error="could not be embedded (an identical file failed)", vector=None)
             else:
