@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ class ClipEncoder:
     device: torch.device
     spec: ModelSpec
     fingerprint: ModelFingerprint
+    _max_cuda_batch: int | None = field(default=None, repr=False)  # set when a batch ran out of GPU memory
 
     @property
     def dim(self) -> int:
@@ -50,12 +51,38 @@ class ClipEncoder:
 
     @torch.inference_mode()
     def encode_images(self, batch: torch.Tensor | Sequence[Image.Image]) -> np.ndarray:
-        """A batch of preprocessed tensors (N×3×H×W) or PIL pictures → N×dim unit vectors."""
+        """A batch of preprocessed tensors (N×3×H×W) or PIL pictures → N×dim unit vectors.
+
+        On CUDA: the batch goes through pinned memory with a non-blocking copy, runs under fp16
+        autocast, and a batch that does not fit is split in halves (remembered for the next
+        calls) instead of ending the run. On CPU: plain fp32 (bf16 autocast measured slower).
+        """
         if not isinstance(batch, torch.Tensor):
             batch = torch.stack([self.image_tensor(image) for image in batch])
-        with self._autocast():
-            features = self.model.encode_image(batch.to(self.device, non_blocking=True), normalize=True)
-        return features.float().cpu().numpy()
+        if self.device.type != "cuda":
+            with self._autocast():
+                return self.model.encode_image(batch, normalize=True).float().numpy()
+        return self._encode_cuda(batch)
+
+    def _encode_cuda(self, batch: torch.Tensor) -> np.ndarray:
+        out = np.empty((len(batch), self.dim), dtype=np.float32)
+        start = 0
+        while start < len(batch):
+            size = min(len(batch) - start, self._max_cuda_batch or len(batch))
+            try:
+                part = batch[start:start + size]
+                if not part.is_pinned():
+                    part = part.pin_memory()
+                with self._autocast():
+                    features = self.model.encode_image(part.to(self.device, non_blocking=True), normalize=True)
+                out[start:start + size] = features.float().cpu().numpy()
+                start += size
+            except torch.cuda.OutOfMemoryError:
+                if size == 1:
+                    raise
+                torch.cuda.empty_cache()
+                self._max_cuda_batch = max(1, size // 2)  # back off, and stay there for the rest of the run
+        return out
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = TEXT_BATCH) -> np.ndarray:
