@@ -43,17 +43,30 @@ class VectorIndex:
     def open(cls, folder: Path, store: LibraryStore, save_if_rebuilt: bool) -> VectorIndex:
         """The index matching the database: the saved file if it is current, else rebuilt from rows.
 
-        Only a writer (holding the library lock) may save; readers rebuild in memory.
+        Only a writer (holding the library lock) may save; readers rebuild in memory. A reader
+        racing a writer never fails and never mixes two states: the saved file may vanish
+        under it (a newer one replaced it) and rows may change while it rebuilds, so it
+        checks that the generation did not move during the rebuild and retries if it did.
         """
-        record = store.model()
-        generation = record.generation
-        path = folder / INDEX_PATTERN.format(generation=generation)
-        expected = store.counts()["pictures"]
-        if record.index_generation == generation and path.is_file():
-            index = faiss.read_index(str(path))
-            if index.ntotal == expected and index.d == record.embed_dim:
-                return cls(index, generation)
-        index = cls.rebuild(store, record.embed_dim, generation)
+        if save_if_rebuilt:
+            for junk in glob.glob(str(folder / ".vectors.*.tmp")):  # left by a writer killed while saving
+                Path(junk).unlink(missing_ok=True)
+        index = None
+        for _ in range(5):
+            record = store.model()
+            generation = record.generation
+            path = folder / INDEX_PATTERN.format(generation=generation)
+            expected = store.counts()["pictures"]
+            if record.index_generation == generation and path.is_file():
+                try:
+                    loaded = faiss.read_index(str(path))
+                except RuntimeError:  # replaced and deleted by a writer between the check and the read
+                    loaded = None
+                if loaded is not None and loaded.ntotal == expected and loaded.d == record.embed_dim:
+                    return cls(loaded, generation)
+            index = cls.rebuild(store, record.embed_dim, generation)
+            if store.model().generation == generation and index.ntotal == store.counts()["pictures"]:
+                break  # no write happened during the rebuild: the index is exactly this generation
         if save_if_rebuilt:
             index.save(folder, store)
         return index
