@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,12 +18,12 @@ from .library import LIBRARY_ENV, resolve_library_dir
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Search your own pictures with CLIP: index folders, then query by text or picture.")
 
-LibraryOption = Annotated[Optional[str], typer.Option(
+LibraryOption = Annotated[str | None, typer.Option(
     "--library", help=f"Library folder (default: ${LIBRARY_ENV}, else the per-user data folder).")]
-ModelOption = Annotated[Optional[str], typer.Option("--model", help="open_clip architecture, e.g. ViT-B-32.")]
-PretrainedOption = Annotated[Optional[str], typer.Option(
+ModelOption = Annotated[str | None, typer.Option("--model", help="open_clip architecture, e.g. ViT-B-32.")]
+PretrainedOption = Annotated[str | None, typer.Option(
     "--pretrained", help="open_clip pretrained tag, hf-hub:ORG/REPO, or 'none' for random weights.")]
-CheckpointOption = Annotated[Optional[str], typer.Option(
+CheckpointOption = Annotated[str | None, typer.Option(
     "--checkpoint", help="Model folder written by `search train`, or a weights file (with --model).")]
 
 
@@ -35,19 +36,30 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
 
 
+# Failures with a message meant for the user. Looked up among the modules already loaded, so
+# that handling them never imports torch (`import encoders` takes seconds): an exception of a
+# module that was never imported cannot have been raised.
+KNOWN_ERRORS = (("encoders.spec", "ModelError"), ("indexer.library", "LibraryError"), ("search.terms", "TermError"),
+                ("search.filters", "FilterError"), ("search.fastpath", "FastQueryError"))
+
+
+def _known_errors() -> tuple[type, ...]:
+    found = (getattr(sys.modules.get(module), name, None) for module, name in KNOWN_ERRORS)
+    return tuple(cls for cls in found if isinstance(cls, type))
+
+
 def clean_errors(command: Callable) -> Callable:
     """Known failures become one line on stderr and exit code 2; Ctrl-C exits 130."""
 
     @wraps(command)
     def wrapper(*args, **kwargs):
-        from encoders import ModelError
-        from indexer import LibraryError
-
         warnings.showwarning = _show_warning
         try:
             return command(*args, **kwargs)
-        except (ModelError, LibraryError) as e:
-            raise fail(str(e)) from None
+        except Exception as e:
+            if isinstance(e, _known_errors()):
+                raise fail(str(e)) from None
+            raise
         except KeyboardInterrupt:
             typer.echo("\ninterrupted", err=True)
             raise typer.Exit(130) from None
@@ -69,10 +81,10 @@ def index(
     model: ModelOption = None,
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Glob of names or paths to skip.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of names or paths to skip.")] = None,
     include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Index hidden files and folders.")] = False,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decoding threads.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
     """Embed every picture under PATHS into the library (incremental: only what changed)."""
@@ -127,30 +139,10 @@ def index(
         typer.echo(f"see the failures with: search status --failed --library {folder}")
 
 
-@app.command()
-@clean_errors
-def query(
-    text: Annotated[Optional[str], typer.Argument(help="What to look for, in words.", show_default=False)] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Find pictures like this one.")] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="Number of results.")] = 10,
-    under: Annotated[Optional[Path], typer.Option("--under", help="Only pictures inside this folder.")] = None,
-    library: LibraryOption = None,
-    model: ModelOption = None,
-    pretrained: PretrainedOption = None,
-    checkpoint: CheckpointOption = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    paths_only: Annotated[bool, typer.Option("--paths-only", help="Print only the paths, best first.")] = False,
-):
-    """Rank the library's pictures by similarity to a text and/or a picture."""
-    if not (text and text.strip()) and image is None:
-        raise fail("nothing to search for: give a TEXT, --image PATH, or both")
-    if image is not None and not image.is_file():
-        raise fail(f"picture not found: {image}")
-    from search.engine import SearchEngine
+SORTS = ("score", "date", "path")
 
-    spec = _model_spec(model, pretrained, checkpoint) if (model or pretrained or checkpoint) else None
-    engine = SearchEngine(resolve_library_dir(library), spec=spec)
-    results = engine.query(text=text, image=image, top_k=top, under=under)
+
+def _print_results(results, json_output: bool, paths_only: bool) -> None:
     if json_output:
         typer.echo(json.dumps({"results": [r.to_dict() for r in results]}, ensure_ascii=False))
     elif paths_only:
@@ -161,6 +153,91 @@ def query(
     else:
         for rank, r in enumerate(results, 1):
             typer.echo(f"{rank:>3}  {r.score:.4f}  {r.path}")
+
+
+@app.command()
+@clean_errors
+def query(
+    text: Annotated[list[str] | None, typer.Argument(
+        help="What to look for: words, and/or picture files. Combine with + and - (spaces around them) and "
+             "weigh with N: , e.g.  \"2:golden retriever\" + ./pool.jpg - indoor", show_default=False)] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Find pictures like this one.")] = None,
+    add: Annotated[list[str] | None, typer.Option("--add", help="Add a text or picture to the query (repeatable).",
+                                                  show_default=False)] = None,
+    subtract: Annotated[list[str] | None, typer.Option(
+        "--subtract", help="Subtract a text or picture from the query (repeatable).", show_default=False)] = None,
+    weight: Annotated[float | None, typer.Option("--weight", help="Weight of the TEXT against the other parts.",
+                                                 show_default=False)] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Number of results.")] = 10,
+    under: Annotated[Path | None, typer.Option("--under", help="Only pictures inside this folder.")] = None,
+    after: Annotated[str | None, typer.Option(
+        "--after", help="Only pictures taken (else modified) on or after DATE: YYYY[-MM[-DD[THH:MM]]].",
+        show_default=False)] = None,
+    before: Annotated[str | None, typer.Option("--before", help="Only pictures taken (else modified) before DATE.",
+                                               show_default=False)] = None,
+    ext: Annotated[list[str] | None, typer.Option("--ext", help="Only these file extensions, e.g. jpg,png.",
+                                                  show_default=False)] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Only pictures with this tag (see `search tag`); "
+                                                  "repeat to require several.", show_default=False)] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="Drop results scoring below this cosine.",
+                                                    show_default=False)] = None,
+    sort: Annotated[str, typer.Option("--sort", help="Order of the top results: score, date or path.")] = "score",
+    ensemble: Annotated[bool, typer.Option("--ensemble", help="Embed texts through prompt templates and average.")]
+    = False,
+    templates: Annotated[Path | None, typer.Option("--templates", help="Templates file for --ensemble, one per line "
+                                                   "with {} (default: the CLIP paper's 80).", show_default=False)]
+    = None,
+    library: LibraryOption = None,
+    model: ModelOption = None,
+    pretrained: PretrainedOption = None,
+    checkpoint: CheckpointOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    paths_only: Annotated[bool, typer.Option("--paths-only", help="Print only the paths, best first.")] = False,
+):
+    """Rank the library's pictures by similarity to a text, a picture, or a weighted mix of them."""
+    from . import fastpath
+    from .filters import FilterError, Filters
+    from .terms import TermError, parse_terms, read_templates
+
+    if image is not None and not image.is_file():
+        raise fail(f"picture not found: {image}")
+    if sort not in SORTS:
+        raise fail(f"unknown --sort {sort!r}: use one of {', '.join(SORTS)}")
+    if templates is not None and not ensemble:
+        raise fail("--templates is for --ensemble: add --ensemble")
+    try:
+        terms = parse_terms(text or (), add=add or (), subtract=subtract or (),
+                            images=[image] if image is not None else (), weight=weight)
+        filters = Filters.make(under, after, before, ext, tag)
+        template_list = read_templates(templates) if templates is not None else None
+    except (TermError, FilterError) as e:
+        raise fail(str(e)) from None
+    if not terms:
+        raise fail("nothing to search for: give a TEXT, --image PATH, or both")
+    folder = resolve_library_dir(library)
+    overridden = bool(model or pretrained or checkpoint)
+    options = dict(min_score=min_score, sort=sort)
+    if not overridden:
+        try:
+            results = fastpath.query(folder, terms, top, filters, ensemble=ensemble, templates=template_list,
+                                     **options)
+        except (TermError, fastpath.FastQueryError) as e:
+            raise fail(str(e)) from None
+        if results is not None:
+            _print_results(results, json_output, paths_only)
+            return
+    from search.engine import SearchEngine
+
+    spec = _model_spec(model, pretrained, checkpoint) if overridden else None
+    engine = SearchEngine(folder, spec=spec)
+    results = engine.query(terms=terms, top_k=top, filters=filters, ensemble=ensemble, templates=template_list,
+                           **options)
+    _print_results(results, json_output, paths_only)
+    if not overridden and engine._encoder is not None and not os.environ.get(fastpath.DISABLE_ENV):
+        sys.stdout.flush()
+        if engine.prepare_fast_queries() is not None:
+            typer.echo("note: text queries on this library will now start faster (text model exported to ONNX)",
+                       err=True)
 
 
 @app.command()

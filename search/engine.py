@@ -4,67 +4,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import select
 
-from encoders import ClipEncoder, ModelSpec, load_encoder
+from encoders import PAPER_TEMPLATES, ClipEncoder, ModelSpec, load_encoder
 from indexer import DecodeError, Library, LibraryError, Picture, VectorIndex, check_same_model, decode_picture
 
+from .filters import FilterError, Filters
 from .library import resolve_library_dir
+from .terms import SORT_KEYS, SearchResult, Term, TermError, combine, ensemble_mean, finish, own_picture_first
+
+__all__ = ["QueryError", "SearchEngine", "SearchResult", "Term", "Filters", "SORT_KEYS", "DateLike"]
+
+DateLike = str | date | datetime | None
 
 
 class QueryError(LibraryError):
     """A query that cannot be answered as asked (no terms, unreadable picture, ...)."""
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    id: int
-    path: str
-    score: float
-    width: int | None
-    height: int | None
-    size: int
-    modified: datetime
-    taken_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: Picture, score: float) -> SearchResult:
-        return cls(id=row.id, path=row.path, score=float(score), width=row.width, height=row.height, size=row.size,
-                   modified=datetime.fromtimestamp(row.mtime_ns / 1e9), taken_at=row.taken_at)
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["modified"] = self.modified.isoformat(timespec="seconds")
-        out["taken_at"] = self.taken_at.isoformat(timespec="seconds") if self.taken_at else None
-        return out
-
-
-@dataclass(frozen=True)
-class Term:
-    """One part of a combined query: a text, a picture (path or PIL) or a vector, with a signed weight."""
-
-    value: str | os.PathLike | Image.Image | np.ndarray
-    weight: float = 1.0
-    is_image: bool | None = None  # None: a PIL picture, a Path, or a str naming an existing file is a picture
-
-    def picture(self) -> bool:
-        if self.is_image is not None:
-            return self.is_image
-        if isinstance(self.value, (Image.Image, os.PathLike)):
-            return True
-        return isinstance(self.value, str) and os.path.isfile(self.value)
-
-
-SORT_KEYS = {
-    "score": lambda r: -r.score,
-    "date": lambda r: r.taken_at or r.modified,
-    "path": lambda r: r.path,
-}
 
 
 class SearchEngine:
@@ -104,7 +64,10 @@ class SearchEngine:
             self._vectors = self.library.vector_index(writer=False)
         return self._vectors
 
-    def text_vector(self, text: str) -> np.ndarray:
+    def text_vector(self, text: str, templates: Sequence[str] | None = None) -> np.ndarray:
+        """A text's unit vector; with ``templates`` ("a photo of a {}.", ...), the renormalised mean over them."""
+        if templates:
+            return ensemble_mean(self.encoder.encode_texts([t.format(text) for t in templates]))
         return self.encoder.encode_texts([text])[0]
 
     def image_vector(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
@@ -137,22 +100,47 @@ class SearchEngine:
             return None
         return np.frombuffer(row.vector, dtype=np.float32)
 
-    def term_vector(self, term: Term) -> np.ndarray:
+    def term_vector(self, term: Term, templates: Sequence[str] | None = None) -> np.ndarray:
         if isinstance(term.value, np.ndarray):
             return np.asarray(term.value, dtype=np.float32)
         if term.picture():
             return self.image_vector(term.value)
-        return self.text_vector(str(term.value))
+        return self.text_vector(str(term.value), templates)
 
     def query(self, text: str | None = None, image: str | os.PathLike | Image.Image | None = None,
               top_k: int = 10, under: str | os.PathLike | None = None, *, terms: Sequence[Term] = (),
-              min_score: float | None = None, sort: str = "score") -> list[SearchResult]:
+              min_score: float | None = None, sort: str = "score", after: DateLike = None, before: DateLike = None,
+              ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
+              filters: Filters | None = None, ensemble: bool = False,
+              templates: Sequence[str] | None = None) -> list[SearchResult]:
         """Ranked pictures for a text, a picture, or any weighted mix of them.
 
         Each part is a unit vector; the weighted sum is renormalised (query arithmetic in
-        the embedding space, negative weights subtract). ``sort`` reorders the top results
-        by "score", "date" (taken, else modified) or "path".
+        the embedding space, negative weights subtract). ``ensemble`` embeds each text through
+        prompt ``templates`` (default: the paper's 80) and averages. Filters (``under``,
+        ``after``/``before`` on the date taken else file time, ``ext``, ``tags``, or a ready
+        ``filters``) restrict the search inside FAISS, so ``top_k`` results come back whenever
+        that many pictures match. ``min_score`` drops weaker results; ``sort`` reorders the top
+        results by "score", "date" (taken, else modified) or "path".
         """
+        terms = self.query_terms(text, image, terms)
+        if sort not in SORT_KEYS:
+            raise QueryError(f"unknown sort {sort!r}: use one of {', '.join(SORT_KEYS)}")
+        filters = self.make_filters(under, after, before, ext, tags, filters)
+        templates = (tuple(templates) if templates else PAPER_TEMPLATES) if ensemble else None
+        try:
+            vector = combine([self.term_vector(t, templates) for t in terms], [t.weight for t in terms])
+        except TermError as e:
+            raise QueryError(str(e)) from None
+        pictures = [t for t in terms if t.picture()]
+        # Exact duplicates tie with the queried file; fetch them all so it can be put first.
+        extra = self._copies_of(pictures[0].value) if len(pictures) == 1 else 0
+        results = self.search_vector(vector, top_k=top_k + extra, filters=filters)
+        results = own_picture_first(results, terms)[:top_k]
+        return finish(results, min_score, sort)
+
+    @staticmethod
+    def query_terms(text=None, image=None, terms: Sequence[Term] = ()) -> list[Term]:
         terms = list(terms)
         if text is not None and text.strip():
             terms.insert(0, Term(text, is_image=False))
@@ -161,20 +149,20 @@ class SearchEngine:
         terms = [t for t in terms if not (isinstance(t.value, str) and not t.value.strip())]
         if not terms:
             raise QueryError("nothing to search for: give a text, a picture, or both")
-        if sort not in SORT_KEYS:
-            raise QueryError(f"unknown sort {sort!r}: use one of {', '.join(SORT_KEYS)}")
-        vector = np.sum([t.weight * self.term_vector(t) for t in terms], axis=0)
-        norm = float(np.linalg.norm(vector))
-        if norm < 1e-6:
-            raise QueryError("the query's parts cancel out: nothing is left to search for")
-        pictures = [t for t in terms if t.picture()]
-        # Exact duplicates tie with the queried file; fetch them all so it can be put first.
-        extra = self._copies_of(pictures[0].value) if len(pictures) == 1 else 0
-        results = self.search_vector(vector / norm, top_k=top_k + extra, under=under)
-        results = self._own_picture_first(results, pictures)[:top_k]
-        if min_score is not None:
-            results = [r for r in results if r.score >= min_score]
-        return sorted(results, key=SORT_KEYS[sort]) if sort != "score" else results
+        return terms
+
+    @staticmethod
+    def make_filters(under=None, after=None, before=None, ext=None, tags=None,
+                     filters: Filters | None = None) -> Filters:
+        try:
+            made = Filters.make(under, after, before, ext, tags)
+        except FilterError as e:
+            raise QueryError(str(e)) from None
+        if filters is None:
+            return made
+        if made:
+            raise QueryError("give filters either as a Filters object or as keyword arguments, not both")
+        return filters
 
     def _copies_of(self, picture) -> int:
         """How many other library rows hold exactly the bytes of this picture file."""
@@ -185,23 +173,57 @@ class SearchEngine:
             return 0
         return self.library.store.count_with_hash(row.content_hash) - 1
 
-    def _own_picture_first(self, results: list[SearchResult], pictures: list[Term]) -> list[SearchResult]:
-        """Among equal scores (exact duplicates), the queried file itself ranks first."""
-        if len(pictures) != 1 or not isinstance(pictures[0].value, (str, os.PathLike)) or not results:
-            return results
-        own = os.path.abspath(pictures[0].value)
-        for i, r in enumerate(results):
-            if r.path == own and r.score >= results[0].score - 1e-5:
-                return [r, *results[:i], *results[i + 1:]]
-        return results
+    def matching_ids(self, filters: Filters) -> np.ndarray | None:
+        """Row ids a filtered search may return (None: no filter, everything)."""
+        if not filters:
+            return None
+        from indexer.tags import has_tag_tables
 
-    def search_vector(self, vector: np.ndarray, top_k: int = 10,
-                      under: str | os.PathLike | None = None) -> list[SearchResult]:
-        within = self.library.store.ids_under(os.path.abspath(under)) if under is not None else None
-        scores, ids = self.vectors.search(vector[None], top_k, within=within)
+        if filters.tags and not has_tag_tables(self.library.store.engine):
+            raise QueryError(f"no picture is tagged {', '.join(filters.tags)}: run `search tag --labels ...` first")
+        dialect = self.library.store.engine.dialect.name
+        with self.library.store.session() as s:
+            ids = s.scalars(select(Picture.id).where(*filters.clauses(dialect))).all()
+        return np.asarray(ids, dtype=np.int64)
+
+    def search_vector(self, vector: np.ndarray, top_k: int = 10, under: str | os.PathLike | None = None, *,
+                      filters: Filters | None = None) -> list[SearchResult]:
+        """Nearest pictures to a unit vector, among those the filters allow (searched inside FAISS)."""
+        filters = self.make_filters(under, filters=filters)
+        within = self.matching_ids(filters)
+        scores, ids = self.vectors.search(np.asarray(vector, dtype=np.float32)[None], top_k, within=within)
         rows = self.library.store.pictures(int(i) for i in ids[0] if i >= 0)
         # A row deleted by a concurrent index run since the search is simply left out.
-        return [SearchResult.from_row(rows[int(i)], s) for s, i in zip(scores[0], ids[0]) if int(i) in rows]
+        return [SearchResult.from_row(rows[int(i)], s) for s, i in zip(scores[0], ids[0], strict=True)
+                if int(i) in rows]
+
+    def prepare_fast_queries(self) -> Path | None:
+        """Export the text tower to ONNX beside the library (once), so the CLI can answer without torch.
+
+        Returns the ONNX file, or None when this model or machine cannot use that path.
+        """
+        from .textonnx import (
+            ExportRefused,
+            export_state,
+            export_text_tower,
+            onnx_available,
+            record_refusal,
+            sidecar_paths,
+        )
+
+        folder, fingerprint = self.library.folder, self.record.fingerprint
+        if not onnx_available() or self.library.store.engine.dialect.name != "sqlite":
+            return None
+        state = export_state(folder, fingerprint)
+        if state != "missing":
+            return sidecar_paths(folder, fingerprint)[0] if state == "ready" else None
+        try:
+            return export_text_tower(self.encoder, folder)
+        except ExportRefused as e:
+            record_refusal(folder, fingerprint, str(e))
+        except OSError:  # a read-only library: queries simply stay on PyTorch
+            pass
+        return None
 
     def status(self) -> dict:
         record = self.record

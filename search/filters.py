@@ -1,0 +1,146 @@
+"""Which pictures a query may return: folder, date, extension and tag filters, run as SQL → FAISS id selector.
+
+The filter becomes the set of row ids FAISS searches within, so asking for 10 results under
+a small folder of a big library returns 10 when there are 10. Two renderings of the same
+filter: SQLAlchemy clauses for the engine (any database), and plain SQLite for the CLI's
+fast path (which must not import SQLAlchemy models, torch or the indexer); tests check that
+they select the same rows.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+
+DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d", "%Y-%m",
+                "%Y")
+
+
+class FilterError(ValueError):
+    """A filter that cannot be understood (bad date, empty extension, ...)."""
+
+
+def parse_date(text: str | date | datetime | None) -> datetime | None:
+    """``2023``, ``2023-05``, ``2023-05-01``, ``2023-05-01T12:30[:00]`` → the (local, naive) start of it."""
+    if text is None or isinstance(text, datetime):
+        return text
+    if isinstance(text, date):
+        return datetime(text.year, text.month, text.day)
+    for fmt in DATE_FORMATS:
+        try:
+            return datetime.strptime(text.strip(), fmt)
+        except ValueError:
+            continue
+    raise FilterError(f"cannot read the date {text!r}: use YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDTHH:MM")
+
+
+def _exts(values: Iterable[str] | str | None) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        values = [values]
+    out = []
+    for value in values:
+        for part in value.split(","):
+            ext = part.strip().lstrip(".").lower()
+            if part.strip() and (not ext or not re.fullmatch(r"[\w.-]+", ext)):
+                raise FilterError(f"not a file extension: {part!r}")
+            if ext and ext not in out:
+                out.append(ext)
+    return tuple(out)
+
+
+def _tags(values: Iterable[str] | str | None) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        values = [values]
+    return tuple(dict.fromkeys(v.strip() for value in values for v in value.split(",") if v.strip()))
+
+
+def local_ns(moment: datetime) -> int:
+    """A naive local time as file-time nanoseconds (what SearchResult.modified shows back)."""
+    return int(round(moment.timestamp() * 1e6)) * 1000
+
+
+@dataclass(frozen=True)
+class Filters:
+    """All conditions a result must meet. Dates: ``after`` inclusive, ``before`` exclusive, on the date
+    taken (EXIF) when the picture has one, else the file's modification time."""
+
+    under: str | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+    exts: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def make(cls, under: str | os.PathLike | None = None, after=None, before=None, ext=None, tags=None) -> Filters:
+        after, before = parse_date(after), parse_date(before)
+        if after and before and after >= before:
+            raise FilterError(f"--after {after:%Y-%m-%d %H:%M} is not before --before {before:%Y-%m-%d %H:%M}")
+        return cls(under=os.path.abspath(os.fspath(under)) if under is not None else None, after=after,
+                   before=before, exts=_exts(ext), tags=_tags(tags))
+
+    def __bool__(self) -> bool:
+        return bool(self.under or self.after or self.before or self.exts or self.tags)
+
+    def under_prefix(self) -> tuple[bytes, bytes]:
+        prefix = os.fsencode(self.under.rstrip(os.sep) + os.sep)
+        return prefix, prefix + b"\xff"
+
+    # -- plain SQLite (the fast path) ------------------------------------------------------
+
+    def sqlite_where(self) -> tuple[str, list]:
+        """A WHERE clause over the ``pictures`` table, with its parameters, for the sqlite3 module."""
+        clauses, params = ["status = 'ok'"], []
+        if self.under is not None:
+            clauses.append("path >= ? AND path < ?")
+            params += list(self.under_prefix())
+        for bound, op in ((self.after, ">="), (self.before, "<")):
+            if bound is not None:
+                clauses.append(f"((taken_at IS NOT NULL AND taken_at {op} ?) OR "
+                               f"(taken_at IS NULL AND mtime_ns {op} ?))")
+                params += [bound.strftime("%Y-%m-%d %H:%M:%S.%f"), local_ns(bound)]
+        if self.exts:
+            clauses.append("(" + " OR ".join("path LIKE ? ESCAPE '\\'" for _ in self.exts) + ")")
+            params += [_like_suffix(ext) for ext in self.exts]
+        for tag in self.tags:
+            clauses.append("id IN (SELECT picture_id FROM picture_tags WHERE tag = ?)")
+            params.append(tag)
+        return " AND ".join(clauses), params
+
+    # -- SQLAlchemy (the engine) -------------------------------------------------------------
+
+    def clauses(self, dialect: str = "sqlite") -> list:
+        """SQLAlchemy conditions on ``Picture`` for ``select(Picture.id).where(*clauses)``."""
+        from sqlalchemy import and_, or_, select
+
+        from indexer.store import OK, Picture, under_clause
+        from indexer.tags import PictureTag
+
+        out = [Picture.status == OK]
+        if self.under is not None:
+            out += list(under_clause(self.under))
+        if self.after is not None:
+            out.append(or_(and_(Picture.taken_at.is_not(None), Picture.taken_at >= self.after),
+                           and_(Picture.taken_at.is_(None), Picture.mtime_ns >= local_ns(self.after))))
+        if self.before is not None:
+            out.append(or_(and_(Picture.taken_at.is_not(None), Picture.taken_at < self.before),
+                           and_(Picture.taken_at.is_(None), Picture.mtime_ns < local_ns(self.before))))
+        if self.exts:
+            # SQLite's LIKE ignores ASCII case; elsewhere, match the two usual spellings.
+            spellings = (str.lower,) if dialect == "sqlite" else (str.lower, str.upper)
+            patterns = [_like_suffix(spell(ext)) for ext in self.exts for spell in spellings]
+            out.append(or_(*[Picture.path.like(p, escape="\\") for p in patterns]))
+        for tag in self.tags:
+            out.append(Picture.id.in_(select(PictureTag.picture_id).where(PictureTag.tag == tag)))
+        return out
+
+
+def _like_suffix(ext: str) -> str:
+    escaped = ext.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%.{escaped}"

@@ -1,0 +1,102 @@
+"""`search reindex`: re-embed a whole library with another model, the old one answering until the new one is done.
+
+A complete new library is built in a hidden folder beside the old one (``.NAME.reindex``)
+by the ordinary indexer over the recorded roots; only when it is complete are the two
+folders swapped (one ``renameat2(RENAME_EXCHANGE)`` on Linux, so a reader sees the old
+library or the new one, never neither). An interrupted reindex leaves the old library
+untouched, and the next run with the same model resumes the half-built one.
+Tags and previews belong to the old model and ids; they are not carried over.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from encoders import ClipEncoder
+from indexer import IndexOptions, IndexSummary, Library, LibraryError, Progress, index_folders
+from indexer.store import DB_NAME
+
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+
+
+@dataclass
+class ReindexSummary:
+    old_model: str
+    new_model: str
+    pictures_before: int
+    pictures_after: int
+    index: IndexSummary
+    kept_old: str | None
+
+    def as_dict(self) -> dict:
+        return {**{k: v for k, v in self.__dict__.items() if k != "index"}, "index": self.index.as_dict()}
+
+
+def staging_folder(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.reindex"
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two folders' names atomically (Linux renameat2); elsewhere, two renames in a row."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        renameat2 = getattr(libc, "renameat2", None)
+        if renameat2 is not None:
+            if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+                return
+            errno = ctypes.get_errno()
+            if errno not in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: not supported here, fall back
+                raise OSError(errno, os.strerror(errno), str(a))
+    aside = a.with_name(a.name + ".swap")
+    os.rename(a, aside)
+    os.rename(b, a)
+    os.rename(aside, b)
+
+
+def reindex(library: Library, encoder: ClipEncoder, options: IndexOptions | None = None,
+            progress: Progress | None = None, keep_old: bool = False) -> ReindexSummary:
+    folder = Path(library.folder)
+    record = library.model
+    if record is None:
+        raise LibraryError(f"the library at {folder} is empty: nothing to re-embed")
+    if not (folder / DB_NAME).is_file():
+        raise LibraryError("reindex builds a new library folder beside the old one: it needs the SQLite library "
+                           "(SEARCH_DATABASE_URL is set); index into a new database instead")
+    roots = [root.path for root in library.store.roots()]
+    if not roots:
+        raise LibraryError(f"the library at {folder} records no roots to re-embed")
+    missing = [r for r in roots if not os.path.isdir(r) and not os.path.isfile(r)]
+    if missing:
+        raise LibraryError(f"root not found: {', '.join(missing)} (unmounted?); mount it, or forget it first with "
+                           "`search remove ROOT`; nothing was changed")
+    before = library.store.counts()["pictures"]
+    stage = staging_folder(folder)
+    with library.writer_lock():  # nothing may be added to the old library meanwhile: it would be lost
+        if stage.exists():
+            previous = Library.open(stage)
+            if previous.model is not None and previous.model.fingerprint != encoder.fingerprint.id:
+                shutil.rmtree(stage)  # a half-built library for another model
+        new = Library.open(stage, create=True)
+        summary = index_folders(new, encoder, roots, options or IndexOptions(), progress or Progress())
+        after = new.store.counts()["pictures"]
+        new.store.engine.dispose()
+        exchange(folder, stage)
+    kept = None
+    if keep_old:
+        kept_path = folder.with_name(f"{folder.name}.old")
+        if kept_path.exists():
+            shutil.rmtree(kept_path)
+        os.rename(stage, kept_path)
+        kept = str(kept_path)
+    else:
+        shutil.rmtree(stage, ignore_errors=True)
+    return ReindexSummary(old_model=f"{record.architecture} ({record.weights})",
+                          new_model=f"{encoder.fingerprint.architecture} ({encoder.fingerprint.weights})",
+                          pictures_before=before, pictures_after=after, index=summary, kept_old=kept)

@@ -1,0 +1,188 @@
+"""Combined queries without a model: terms (text or picture, signed weight), parsing, combining, results.
+
+Nothing here imports torch, open_clip or the indexer, so the CLI's fast path can use it.
+
+Short form (CLI arguments): ``"2:golden retriever" + ./pool.jpg - indoor``. A standalone
+``+`` or ``-`` sets the sign of the next term; a leading ``N:`` sets its weight; a term
+naming an existing file is a picture; consecutive plain words are one text
+(``golden retriever`` unquoted is one term). Long form: ``TEXT --weight 2 --add ./pool.jpg
+--subtract indoor`` means exactly the same.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+import numpy as np
+from PIL import Image
+
+
+class TermError(ValueError):
+    """A query that cannot be parsed (dangling sign, zero weight, ...)."""
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of a combined query: a text, a picture (path or PIL) or a vector, with a signed weight."""
+
+    value: str | os.PathLike | Image.Image | np.ndarray
+    weight: float = 1.0
+    is_image: bool | None = None  # None: a PIL picture, a Path, or a str naming an existing file is a picture
+
+    def picture(self) -> bool:
+        if self.is_image is not None:
+            return self.is_image
+        if isinstance(self.value, (Image.Image, os.PathLike)):
+            return True
+        return isinstance(self.value, str) and os.path.isfile(self.value)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    id: int
+    path: str
+    score: float
+    width: int | None
+    height: int | None
+    size: int
+    modified: datetime
+    taken_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row, score: float) -> SearchResult:
+        """From a ``Picture`` row (or anything with its attributes)."""
+        return cls(id=row.id, path=row.path, score=float(score), width=row.width, height=row.height, size=row.size,
+                   modified=datetime.fromtimestamp(row.mtime_ns / 1e9), taken_at=row.taken_at)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["modified"] = self.modified.isoformat(timespec="seconds")
+        out["taken_at"] = self.taken_at.isoformat(timespec="seconds") if self.taken_at else None
+        return out
+
+
+SORT_KEYS = {
+    "score": lambda r: -r.score,
+    "date": lambda r: r.taken_at or r.modified,
+    "path": lambda r: r.path,
+}
+
+_WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*:(.*)$", re.DOTALL)
+
+
+def split_weight(token: str) -> tuple[float | None, str]:
+    """``"2:golden retriever"`` → ``(2.0, "golden retriever")``; no prefix → ``(None, token)``.
+
+    A token naming an existing file is never split (a file may be called ``2:x.jpg``).
+    """
+    if os.path.isfile(token):
+        return None, token
+    match = _WEIGHT.match(token)
+    if not match or not match.group(2).strip():
+        return None, token
+    return float(match.group(1)), match.group(2).strip()
+
+
+def _term(token: str, sign: float, weight: float | None = None) -> Term:
+    prefixed, value = split_weight(token)
+    if prefixed is not None and weight is not None:
+        raise TermError(f"{token!r} has a weight prefix and --weight as well: give the weight once")
+    w = sign * (prefixed if prefixed is not None else weight if weight is not None else 1.0)
+    if w == 0:
+        raise TermError(f"{token!r} has weight 0: leave it out instead")
+    return Term(value, w, is_image=os.path.isfile(value))
+
+
+def parse_terms(tokens: Sequence[str] = (), *, add: Iterable[str] = (), subtract: Iterable[str] = (),
+                images: Iterable[str | os.PathLike] = (), weight: float | None = None) -> list[Term]:
+    """Terms from the CLI's short form (``tokens``) and long form (``--add``, ``--subtract``, ``--image``).
+
+    ``weight`` (``--weight``) is the weight of the first term of ``tokens``, the main query.
+    """
+    terms: list[Term] = []
+    sign: float | None = None
+    words: list[str] = []
+
+    def flush() -> None:
+        nonlocal sign
+        if words:
+            terms.append(_term(" ".join(words), sign or 1.0, weight if not terms else None))
+            words.clear()
+            sign = None
+
+    for token in tokens:
+        if token in ("+", "-"):
+            flush()
+            if sign is not None:
+                raise TermError(f"two signs in a row before {token!r}: write `+ TERM` or `- TERM`")
+            sign = 1.0 if token == "+" else -1.0
+        elif os.path.isfile(token):
+            flush()
+            terms.append(_term(token, sign or 1.0, weight if not terms else None))
+            sign = None
+        elif token.strip():
+            words.append(token.strip())
+    flush()
+    if sign is not None:
+        raise TermError("the query ends with a sign: write `+ TERM` or `- TERM`")
+    if weight is not None and not terms:
+        raise TermError("--weight is the weight of the query TEXT: give a TEXT too")
+    terms += [Term(os.fspath(p), 1.0, is_image=True) for p in images]
+    terms += [_term(t, 1.0) for t in add if t.strip()]
+    terms += [_term(t, -1.0) for t in subtract if t.strip()]
+    return terms
+
+
+def read_templates(path: str | os.PathLike) -> tuple[str, ...]:
+    """Prompt templates from a file: one per line, each with ``{}``; ``#`` starts a comment.
+
+    The same rules as ``encoders.load_templates``, without importing the model code.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise TermError(f"cannot read templates file {path}: {e.strerror or e}") from None
+    templates = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise TermError(f"{path}: every template needs a '{{}}' placeholder (bad: {bad[:3]})" if bad
+                        else f"{path}: no templates found")
+    return templates
+
+
+def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Weighted sum of unit vectors, renormalised: query arithmetic in the embedding space."""
+    vector = np.sum([w * np.asarray(v, dtype=np.float32) for w, v in zip(weights, vectors, strict=False)], axis=0)
+    norm = float(np.linalg.norm(vector))
+    if norm < 1e-6:
+        raise TermError("the query's parts cancel out: nothing is left to search for")
+    return (vector / norm).astype(np.float32)
+
+
+def ensemble_mean(vectors: np.ndarray) -> np.ndarray:
+    """Prompt ensembling: the mean of unit text vectors (one per template), renormalised."""
+    mean = np.asarray(vectors, dtype=np.float32).mean(axis=0)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
+def own_picture_first(results: list[SearchResult], terms: Sequence[Term]) -> list[SearchResult]:
+    """Among equal scores (exact duplicates), the queried file itself ranks first."""
+    pictures = [t for t in terms if t.picture()]
+    if len(pictures) != 1 or not isinstance(pictures[0].value, (str, os.PathLike)) or not results:
+        return results
+    own = os.path.abspath(pictures[0].value)
+    for i, r in enumerate(results):
+        if r.path == own and r.score >= results[0].score - 1e-5:
+            return [r, *results[:i], *results[i + 1:]]
+    return results
+
+
+def finish(results: list[SearchResult], min_score: float | None, sort: str) -> list[SearchResult]:
+    if min_score is not None:
+        results = [r for r in results if r.score >= min_score]
+    return sorted(results, key=SORT_KEYS[sort]) if sort != "score" else results

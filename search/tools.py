@@ -1,0 +1,307 @@
+"""Library tools: near-duplicate groups, zero-shot tags, forgetting files or roots, export for other tools."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, select
+
+from encoders import PAPER_TEMPLATES, ClipEncoder
+from indexer import Library, LibraryError, Picture
+from indexer.store import OK, Root, under_clause
+from indexer.tags import PictureTag, TagRun, ensure_tag_tables, has_tag_tables
+
+# -- duplicates ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DuplicateMember:
+    id: int
+    path: str
+    score: float  # cosine to the group's first member
+    exact: bool  # byte-identical to another member
+    size: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class DuplicateGroup:
+    members: list[DuplicateMember] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"size": len(self.members), "exact": all(m.exact for m in self.members),
+                "members": [m.to_dict() for m in self.members]}
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while self.parent.get(x, x) != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def find_duplicates(library: Library, threshold: float = 0.95, chunk: int = 4096) -> list[DuplicateGroup]:
+    """Groups of pictures whose vectors are within ``threshold`` cosine of each other, largest first.
+
+    FAISS range search of every vector against the index gives the pairs; connected
+    components of those pairs are the groups (so A~B and B~C group A, B, C). Each member's
+    score is its cosine to the group's first member (the one with most close neighbours);
+    ``exact`` marks byte-identical files (same content hash).
+    """
+    if not -1.0 <= threshold <= 1.0:
+        raise LibraryError(f"--threshold {threshold} is not a cosine similarity (between -1 and 1)")
+    record = library.model
+    if record is None:
+        raise LibraryError(f"the library at {library.folder} is empty")
+    index = library.vector_index(writer=False).index
+    links = _UnionFind()
+    degree: dict[int, int] = {}
+    for ids, vectors in library.store.iter_vectors(record.embed_dim, chunk=chunk):
+        lims, _, found = index.range_search(np.ascontiguousarray(vectors), float(threshold))
+        for row, own in enumerate(ids.tolist()):
+            for other in found[lims[row]:lims[row + 1]].tolist():
+                if other != own:
+                    links.union(own, other)
+                    degree[own] = degree.get(own, 0) + 1
+    components: dict[int, list[int]] = {}
+    for node in degree:
+        components.setdefault(links.find(node), []).append(node)
+    groups = []
+    for members in components.values():
+        rows = library.store.pictures(members)
+        vectors = {i: np.frombuffer(rows[i].vector, dtype=np.float32) for i in members if i in rows}
+        if len(vectors) < 2:
+            continue
+        head = max(vectors, key=lambda i: (degree.get(i, 0), -i))
+        hashes: dict[str | None, int] = {}
+        for i in vectors:
+            hashes[rows[i].content_hash] = hashes.get(rows[i].content_hash, 0) + 1
+        group = DuplicateGroup([DuplicateMember(
+            id=i, path=rows[i].path, score=float(np.dot(vectors[head], vectors[i])) if i != head else 1.0,
+            exact=rows[i].content_hash is not None and hashes[rows[i].content_hash] > 1, size=rows[i].size)
+            for i in vectors])
+        group.members.sort(key=lambda m: (m.id != head, -m.score, m.path))
+        groups.append(group)
+    groups.sort(key=lambda g: (-len(g.members), -min(m.score for m in g.members), g.members[0].path))
+    return groups
+
+
+# -- tags ---------------------------------------------------------------------------------------
+
+@dataclass
+class TagSummary:
+    labels: list[str]
+    classified: int
+    skipped: int  # already classified with this label set, bytes unchanged
+    counts: dict[str, int]  # pictures per tag, over the whole library, for these labels
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def parse_labels(labels: str | None = None, labels_file: str | os.PathLike | None = None) -> list[str]:
+    out: list[str] = []
+    if labels:
+        out += [label.strip() for label in labels.split(",")]
+    if labels_file:
+        try:
+            text = Path(labels_file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise LibraryError(f"cannot read labels file {labels_file}: {e.strerror or e}") from None
+        out += [line.strip() for line in text.splitlines() if not line.lstrip().startswith("#")]
+    out = list(dict.fromkeys(label for label in out if label))
+    if len(out) < 2:
+        raise LibraryError("zero-shot tagging picks among labels: give at least two (--labels \"beach,dog\" or "
+                           "--labels-file FILE, one per line)")
+    return out
+
+
+def labelset_key(labels: Sequence[str], templates: Sequence[str], fingerprint: str) -> str:
+    payload = json.dumps([sorted(labels), list(templates), fingerprint])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def label_vectors(encoder: ClipEncoder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """One unit vector per label: the renormalised mean over the templates (prompt ensembling)."""
+    out = np.empty((len(labels), encoder.dim), dtype=np.float32)
+    for i, label in enumerate(labels):
+        vectors = encoder.encode_texts([t.format(label) for t in templates])
+        mean = vectors.mean(axis=0)
+        out[i] = mean / np.linalg.norm(mean)
+    return out
+
+
+def tag_pictures(library: Library, encoder: ClipEncoder, labels: Sequence[str],
+                 templates: Sequence[str] = PAPER_TEMPLATES, min_confidence: float = 0.0,
+                 chunk: int = 2048) -> TagSummary:
+    """Zero-shot classify the pictures this label set has not seen: each gets its most likely label as a tag
+    (when its probability reaches ``min_confidence``). Earlier tags from the same label set are replaced."""
+    from indexer import check_same_model
+
+    record = library.model
+    if record is None:
+        raise LibraryError(f"the library at {library.folder} is empty")
+    check_same_model(record, encoder.fingerprint, library.folder)
+    labels = list(labels)
+    key = labelset_key(labels, templates, record.fingerprint)
+    ensure_tag_tables(library.store.engine)
+    text = label_vectors(encoder, labels, templates)
+    scale = 100.0
+    if getattr(encoder.model, "logit_scale", None) is not None:
+        scale = float(min(encoder.model.logit_scale.exp().item(), 100.0))
+    store = library.store
+    with store.session() as s:
+        done = dict(s.execute(select(TagRun.picture_id, TagRun.content_hash).where(TagRun.labelset == key)).all())
+        total = s.scalar(select(func.count()).where(Picture.status == OK))
+    classified = 0
+    for ids, vectors in store.iter_vectors(record.embed_dim, chunk=chunk):
+        rows = store.pictures(ids.tolist())
+        todo = [k for k, i in enumerate(ids.tolist())
+                if i in rows and (i not in done or done[i] != rows[i].content_hash)]
+        if not todo:
+            continue
+        logits = scale * vectors[todo] @ text.T
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        best = probs.argmax(axis=1)
+        todo_ids = [int(ids[k]) for k in todo]
+        with store.session() as s, s.begin():
+            s.execute(delete(PictureTag).where(PictureTag.labelset == key, PictureTag.picture_id.in_(todo_ids)))
+            s.execute(delete(TagRun).where(TagRun.labelset == key, TagRun.picture_id.in_(todo_ids)))
+            for row, picture_id in enumerate(todo_ids):
+                label, prob = labels[int(best[row])], float(probs[row, best[row]])
+                if prob >= min_confidence:
+                    # A picture keeps one row per tag: another label set's same tag is replaced.
+                    s.execute(delete(PictureTag).where(PictureTag.picture_id == picture_id, PictureTag.tag == label))
+                    s.add(PictureTag(picture_id=picture_id, tag=label, score=prob, labelset=key))
+                s.add(TagRun(picture_id=picture_id, labelset=key, content_hash=rows[picture_id].content_hash))
+        classified += len(todo)
+    return TagSummary(labels=labels, classified=classified, skipped=total - classified,
+                      counts=tag_counts(library, labels))
+
+
+def tag_counts(library: Library, labels: Sequence[str] | None = None) -> dict[str, int]:
+    if not has_tag_tables(library.store.engine):
+        return {label: 0 for label in labels or ()}
+    with library.store.session() as s:
+        query = select(PictureTag.tag, func.count()).group_by(PictureTag.tag)
+        if labels is not None:
+            query = query.where(PictureTag.tag.in_(list(labels)))
+        counts = dict(s.execute(query).all())
+    return {label: counts.get(label, 0) for label in labels} if labels is not None else counts
+
+
+def tags_of(library: Library, ids: Sequence[int]) -> dict[int, list[str]]:
+    if not ids or not has_tag_tables(library.store.engine):
+        return {}
+    out: dict[int, list[str]] = {}
+    with library.store.session() as s:
+        for picture_id, tag in s.execute(select(PictureTag.picture_id, PictureTag.tag).where(
+                PictureTag.picture_id.in_(list(ids))).order_by(PictureTag.tag)):
+            out.setdefault(picture_id, []).append(tag)
+    return out
+
+
+# -- remove -------------------------------------------------------------------------------------
+
+@dataclass
+class RemoveSummary:
+    pictures: int
+    roots: list[str]
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def remove_paths(library: Library, paths: Sequence[str | os.PathLike]) -> RemoveSummary:
+    """Forget files, folders or whole roots: their rows, vectors and tags (the files themselves stay).
+
+    A path need not exist any more (a drive gone for good). A root removed is no longer
+    recorded; pictures removed from inside a root come back if that root is indexed again.
+    """
+    targets = [os.path.abspath(os.fspath(p)) for p in paths]
+    store = library.store
+    with library.writer_lock():
+        vectors = library.vector_index(writer=True)
+        with store.session() as s, s.begin():
+            ids: set[int] = set()
+            gone_roots: list[str] = []
+            for target in targets:
+                found = set(s.scalars(select(Picture.id).where(Picture.path == target)))
+                found |= set(s.scalars(select(Picture.id).where(*under_clause(target))))
+                roots = [r for r in s.scalars(select(Root)) if r.path == target
+                         or r.path.startswith(target.rstrip(os.sep) + os.sep)]
+                if not found and not roots:
+                    raise LibraryError(f"nothing in the library at or under {target}")
+                ids |= found
+                for root in roots:
+                    gone_roots.append(root.path)
+                    s.delete(root)
+            if ids:
+                id_list = sorted(ids)
+                for start in range(0, len(id_list), 500):
+                    part = id_list[start:start + 500]
+                    if has_tag_tables(s.connection()):
+                        s.execute(delete(PictureTag).where(PictureTag.picture_id.in_(part)))
+                        s.execute(delete(TagRun).where(TagRun.picture_id.in_(part)))
+                    s.execute(delete(Picture).where(Picture.id.in_(part)))
+                store.bump_generation(s)
+        if ids:
+            vectors.remove(np.asarray(sorted(ids), dtype=np.int64))
+            vectors.save(library.folder, store)
+    return RemoveSummary(pictures=len(ids), roots=gone_roots)
+
+
+# -- export -------------------------------------------------------------------------------------
+
+def iter_export(library: Library, vectors: bool = False, chunk: int = 5000) -> Iterator[dict]:
+    """Every picture of the library (failed ones too, with their error), in id order."""
+    has_tags = has_tag_tables(library.store.engine)
+    last = -1
+    with library.store.session() as s:
+        while True:
+            rows = s.scalars(select(Picture).where(Picture.id > last).order_by(Picture.id).limit(chunk)).all()
+            if not rows:
+                return
+            last = rows[-1].id
+            tags: dict[int, list[str]] = {}
+            if has_tags:
+                for picture_id, tag in s.execute(select(PictureTag.picture_id, PictureTag.tag).where(
+                        PictureTag.picture_id.in_([r.id for r in rows])).order_by(PictureTag.tag)):
+                    tags.setdefault(picture_id, []).append(tag)
+            for r in rows:
+                item = {"id": r.id, "path": r.path, "status": r.status, "size": r.size, "mtime_ns": r.mtime_ns,
+                        "content_hash": r.content_hash, "width": r.width, "height": r.height,
+                        "taken_at": r.taken_at.isoformat(timespec="seconds") if r.taken_at else None,
+                        "error": r.error, "tags": tags.get(r.id, [])}
+                if vectors:
+                    item["vector"] = np.frombuffer(r.vector, dtype=np.float32).tolist() if r.vector else None
+                yield item
+
+
+def library_header(library: Library) -> dict:
+    record = library.model
+    return {"library": str(library.folder),
+            "model": {"architecture": record.architecture, "weights": record.weights,
+                      "fingerprint": record.fingerprint, "embed_dim": record.embed_dim} if record else None,
+            "roots": [r.path for r in library.store.roots()]}
