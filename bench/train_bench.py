@@ -25,6 +25,7 @@ import csv
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=MODEL)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=2, help="data-loader workers, both trainers")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loader workers for both trainers (default: ours chooses its own, 0 when the corpus "
+                        "is decoded into memory; open_clip_train gets one per CPU core)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="fp32 on both, or bf16 autocast on both (open_clip_train: amp_bf16)")
@@ -84,20 +87,29 @@ def _env() -> dict:
     return env
 
 
-def run(cmd: list[str], log: Path, what: str) -> float:
-    """Run one command to completion with output to ``log``; its wall time, or exit with its log's tail."""
+def run(cmd: list[str], log: Path, what: str) -> dict:
+    """Run one command to completion with output to ``log``: its wall and CPU seconds (the process and the
+    children it waited for, e.g. data-loader workers) and the machine's load; exits with the log's tail on failure.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[{what}] {' '.join(cmd)}\n[{what}] output: {log}  (load average before: "
-          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())})", flush=True)
+    load_before = os.getloadavg()[0]
+    print(f"[{what}] {' '.join(cmd)}\n[{what}] output: {log}  (1-min load average before: {load_before:.2f} "
+          f"on {os.cpu_count()} cores)", flush=True)
+    if load_before > 0.5 * (os.cpu_count() or 1):
+        print(f"[{what}] WARNING: the machine is busy: timings will be lower than on an idle machine", flush=True)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log, "w") as f:
         rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=_env())
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
     if rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         sys.exit(f"[{what}] failed with exit code {rc} after {wall:.1f}s; last lines of {log}:\n{tail}")
-    print(f"[{what}] done in {wall:.1f}s", flush=True)
-    return wall
+    print(f"[{what}] done in {wall:.1f}s ({cpu:.1f} CPU s)", flush=True)
+    return {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "load_before": round(load_before, 2),
+            "load_after": round(os.getloadavg()[0], 2)}
 
 
 def read_rows(data: Path) -> list[dict]:
@@ -116,18 +128,17 @@ def absolute_csv(data: Path, dest: Path) -> Path:
     return dest
 
 
-def steady(steps: list[tuple[int, int, float]]) -> dict:
-    """(epoch, samples, seconds) per step → steady-state samples/s, leaving out each epoch's first step."""
-    first_of_epoch = {}
-    for i, (epoch, _, _) in enumerate(steps):
-        first_of_epoch.setdefault(epoch, i)
-    kept = [s for i, s in enumerate(steps) if i not in first_of_epoch.values()]
-    if not kept:  # one step per epoch: nothing is steady, count everything
-        kept = steps
-    samples, seconds = sum(s[1] for s in kept), sum(s[2] for s in kept)
+def steady(steps: list[tuple[int, int, float | None]]) -> dict:
+    """(epoch, samples, seconds or None) per step → steady-state samples/s, leaving out each epoch's first
+    step (its time includes the data loader starting, or is unknown)."""
+    seen, kept = set(), []
+    for epoch, samples, seconds in steps:
+        if epoch in seen and seconds is not None:
+            kept.append((samples, seconds))
+        seen.add(epoch)
+    samples, seconds = sum(k[0] for k in kept), sum(k[1] for k in kept)
     return {"steps": len(steps), "steps_counted": len(kept), "samples_trained": sum(s[1] for s in steps),
-            "train_seconds": round(sum(s[2] for s in steps), 2),
-            "samples_per_s": round(samples / seconds, 1) if seconds else None}
+            "steady_seconds": round(seconds, 2), "samples_per_s": round(samples / seconds, 1) if seconds else None}
 
 
 # ---------------------------------------------------------------------------------------- open_clip_train
@@ -154,23 +165,26 @@ def run_openclip(args, out: Path) -> dict:
            "--train-data", str(train_csv), "--dataset-type", "csv", "--csv-separator", ",",
            "--csv-img-key", "filepath", "--csv-caption-key", "caption",
            "--model", args.model, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-           "--workers", str(args.workers), "--seed", str(args.seed),
+           "--workers", str(openclip_workers(args)), "--seed", str(args.seed),
            "--precision", OPENCLIP_PRECISION[args.precision], "--device", "cpu",
            "--warmup", str(warmup), "--logs", str(out / "logs"), "--name", "run", "--report-to", "",
            "--save-frequency", str(args.epochs), "--zeroshot-frequency", "0", "--val-frequency", "0",
            "--log-every-n-steps", "1"]
     if args.openclip_lr is not None:
         cmd += ["--lr", str(args.openclip_lr)]
-    wall = run(cmd, out / "stdout.log", "open_clip_train")
-    result = steady(openclip_steps(out / "logs" / "run" / "out.log", args.batch_size))
+    proc = run(cmd, out / "stdout.log", "open_clip_train")
+    result = {**steady(openclip_steps(out / "logs" / "run" / "out.log", args.batch_size)), **proc}
     ckpt = out / "logs" / "run" / "checkpoints" / f"epoch_{args.epochs}.pt"
     if not ckpt.is_file():
         sys.exit(f"[open_clip_train] no checkpoint at {ckpt}")
     model_dir = openclip_to_hub(ckpt, out / "model", args.model)
-    result.update(wall_seconds=round(wall, 1), model=str(model_dir), warmup_steps=warmup,
-                  precision=OPENCLIP_PRECISION[args.precision],
-                  end_to_end_samples_per_s=round(result["samples_trained"] / wall, 1))
+    result.update(model=str(model_dir), warmup_steps=warmup, precision=OPENCLIP_PRECISION[args.precision],
+                  workers=openclip_workers(args), **per_second(result))
     return result
+
+
+def openclip_workers(args) -> int:
+    return args.workers if args.workers is not None else os.cpu_count() or 2
 
 
 def openclip_to_hub(ckpt: Path, folder: Path, model_name: str) -> Path:
@@ -196,24 +210,18 @@ config = {{"model_cfg": open_clip.get_model_config(name),
 
 # ------------------------------------------------------------------------------------------- our trainer
 
-def ours_steps(metrics: Path, batch_size: int) -> list[tuple[int, int, float]]:
-    """Per-step (epoch, samples, seconds) from our trainer's metrics.jsonl."""
-    steps = []
-    for line in metrics.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("kind", rec.get("type", "train")) not in ("train", "step"):
-            continue
-        seconds = next((rec[k] for k in ("step_time", "batch_time", "step_seconds", "seconds") if k in rec), None)
-        per_s = next((rec[k] for k in ("samples_per_s", "samples_per_second", "samples_per_sec") if k in rec), None)
-        samples = rec.get("batch_size", rec.get("samples", batch_size))
-        if seconds is None and per_s:
-            seconds = samples / per_s
-        if seconds is None or "epoch" not in rec:
-            continue
-        steps.append((int(rec["epoch"]), int(samples), float(seconds)))
+def ours_steps(metrics: Path, batch_size: int) -> list[tuple[int, int, float | None]]:
+    """Per-step (epoch, samples, seconds) from our trainer's metrics.jsonl: one row per optimizer step with
+    ``train/loss`` and a wall-clock ``time`` (written right after the step's ``loss.item()``), so a step's time
+    is the gap to the previous step of the same epoch; the first step of each epoch has none and is left out,
+    as in open_clip_train's figure."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "train/loss" in r and "time" in r]
+    steps, previous = [], {}
+    for r in rows:
+        epoch = int(r["epoch"])
+        steps.append((epoch, batch_size, r["time"] - previous[epoch] if epoch in previous else None))
+        previous[epoch] = r["time"]
     return steps
 
 
@@ -222,17 +230,27 @@ def run_ours(args, out: Path) -> dict:
         shutil.rmtree(out)
     cmd = [sys.executable, "-m", "train", "--data", str(args.data), "--model", args.model,
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--output", str(out),
-           "--seed", str(args.seed), "--precision", args.precision, "--workers", str(args.workers)]
-    wall = run(cmd, out.parent / "ours.log", "ours")
+           "--seed", str(args.seed), "--precision", args.precision]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    proc = run(cmd, out.parent / "ours.log", "ours")
     metrics = out / "metrics.jsonl"
     result = steady(ours_steps(metrics, args.batch_size)) if metrics.is_file() else {}
     if not result.get("steps"):
         print(f"[ours] no per-step timings found in {metrics}: steady-state samples/s unavailable")
         result = {"samples_per_s": None, "samples_trained": None}
-    samples = result.get("samples_trained")
-    result.update(wall_seconds=round(wall, 1), model=str(out / "model"), precision=args.precision,
-                  end_to_end_samples_per_s=round(samples / wall, 1) if samples else None)
+    result.update(proc)
+    result.update(model=str(out / "model"), precision=args.precision, workers=args.workers, **per_second(result))
     return result
+
+
+def per_second(result: dict) -> dict:
+    """Whole-process figures: samples / wall second (startup and saving included) and / CPU second (less
+    sensitive to other work on the machine)."""
+    samples = result.get("samples_trained")
+    return {"end_to_end_samples_per_s": round(samples / result["wall_seconds"], 1) if samples else None,
+            "samples_per_cpu_s": round(samples / result["cpu_seconds"], 1) if samples and result["cpu_seconds"]
+            else None}
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -306,39 +324,55 @@ def _fmt(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
 
+TIMING_ROWS = (  # label, key, format, ratio shown
+    ("steady samples/s", "samples_per_s", ".1f", True),
+    ("steady training seconds", "steady_seconds", ".1f", False),
+    ("end-to-end samples/s", "end_to_end_samples_per_s", ".1f", True),
+    ("samples per CPU second (whole process)", "samples_per_cpu_s", ".1f", True),
+    ("process wall seconds", "wall_seconds", ".1f", False),
+    ("1-min load average before / after", "load", "", False),
+    ("samples trained", "samples_trained", "d", False),
+)
+
+
 def report(args, results: dict) -> dict:
-    ours, oc = results.get("ours"), results.get("openclip")
+    ours, oc = results.get("ours") or {}, results.get("openclip") or {}
     ratio = (round(ours["samples_per_s"] / oc["samples_per_s"], 2)
-             if ours and oc and ours.get("samples_per_s") and oc.get("samples_per_s") else None)
+             if ours.get("samples_per_s") and oc.get("samples_per_s") else None)
+    workers = "auto" if args.workers is None else args.workers
     print("\n" + "=" * 100)
-    print(f"train bench: {args.model}, data {args.data}, {args.epochs} epoch(s), batch {args.batch_size}, "
-          f"workers {args.workers}, seed {args.seed}, precision {args.precision}; eval on {args.eval_data}")
-    print(f"{'':28}{'ours':>14}{'open_clip_train':>18}{'ours/open_clip':>16}")
-    rows = [("steady samples/s", "samples_per_s", ".1f"), ("end-to-end samples/s", "end_to_end_samples_per_s", ".1f"),
-            ("process wall s", "wall_seconds", ".1f"), ("samples trained", "samples_trained", "d")]
-    for label, key, spec in rows:
-        a, b = (ours or {}).get(key), (oc or {}).get(key)
-        r = f"{a / b:.2f}" if a and b and key != "samples_trained" and "wall" not in key else ""
-        print(f"{label:36}{_fmt(a, spec):>14}{_fmt(b, spec):>18}{r:>16}")
-    for source, title in (("eval", "search eval"), ("eval_reference", "bench reference recall")):
-        if not any((s or {}).get(source) for s in (ours, oc)):
+    print(f"train bench: {args.model} on {args.data}, {args.epochs} epoch(s), batch {args.batch_size}, "
+          f"seed {args.seed}, "
+          f"precision {args.precision}, workers {workers} (open_clip_train {openclip_workers(args)}); "
+          f"recall on {args.eval_data}")
+    print(f"{'':40}{'ours':>12}{'open_clip_train':>18}{'ours/open_clip':>16}")
+    def value(side: dict, key: str):
+        if key == "load":
+            return f"{side['load_before']:.1f}/{side['load_after']:.1f}" if side else None
+        return side.get(key)
+
+    for label, key, spec, show_ratio in TIMING_ROWS:
+        a, b = value(ours, key), value(oc, key)
+        r = f"{a / b:.2f}" if show_ratio and a and b else ""
+        print(f"{label:40}{_fmt(a, spec):>12}{_fmt(b, spec):>18}{r:>16}")
+    for source, title in (("eval", "search eval"), ("eval_reference", "bench cross-check")):
+        if not (ours.get(source) or oc.get(source)):
             continue
-        for direction in ("text_to_image", "image_to_text"):
+        for direction, short in (("text_to_image", "text→image"), ("image_to_text", "image→text")):
             for k in (1, 5, 10):
-                a = ((ours or {}).get(source) or {}).get(direction, {}).get(f"recall@{k}")
-                b = ((oc or {}).get(source) or {}).get(direction, {}).get(f"recall@{k}")
+                a = (ours.get(source) or {}).get(direction, {}).get(f"recall@{k}")
+                b = (oc.get(source) or {}).get(direction, {}).get(f"recall@{k}")
                 r = f"{a / b:.2f}" if a is not None and b else ""
-                label = f"{direction.replace('_to_', '→').replace('text', 't').replace('image', 'i')} R@{k}"
-                print(f"{label + ' (' + title + ')':36}{_fmt(a, '.4f'):>14}{_fmt(b, '.4f'):>18}{r:>16}")
+                print(f"{f'{short} R@{k} ({title})':40}{_fmt(a, '.4f'):>12}{_fmt(b, '.4f'):>18}{r:>16}")
     print(f"note: {NOTE_ALPHA}")
     if oc:
+        lr = "" if args.openclip_lr is None else f" but --lr {args.openclip_lr}"
         print(f"note: open_clip_train ran with --precision {oc['precision']}, --warmup {oc['warmup_steps']} steps, "
-              f"its own lr/wd defaults{'' if args.openclip_lr is None else f' but --lr {args.openclip_lr}'}; "
-              "its CSV loader drops the last partial batch of each epoch")
+              f"its own lr/wd defaults{lr}; both trainers drop the last partial batch of each epoch")
     summary = {"bench": "train", "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
-               "workers": args.workers, "seed": args.seed, "precision": args.precision,
-               "data": str(args.data), "eval_data": str(args.eval_data), "ours": ours, "openclip": oc,
-               "samples_per_s_ratio": ratio}
+               "seed": args.seed, "precision": args.precision, "workers": args.workers,
+               "openclip_workers": openclip_workers(args), "data": str(args.data), "eval_data": str(args.eval_data),
+               "ours": results.get("ours"), "openclip": results.get("openclip"), "samples_per_s_ratio": ratio}
     (args.out / "result.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return summary
