@@ -191,9 +191,15 @@ def query_box(opened: Opened):
                          help="Type words and press Enter.").strip()
     round_ = st.session_state.get("uploader_round", 0)
     uploaded = st.file_uploader("…or search by picture (drag and drop one here)", type=UPLOAD_TYPES,
-                                key=f"upload-{round_}", on_change=forget_like, max_upload_size=MAX_UPLOAD_MB)
+                                key=f"upload-{round_}", max_upload_size=MAX_UPLOAD_MB)
+    if uploaded is not None and st.session_state.get("upload_seen") != uploaded.file_id:
+        # A new upload replaces a "more like this" picture. (Not an on_change callback: the browser
+        # reports the previous uploader's files gone when "more like this" replaces it, which would
+        # fire it at the wrong moment.)
+        st.session_state["upload_seen"] = uploaded.file_id
+        forget_like()
     picture, label = None, None
-    if uploaded is not None:
+    if uploaded is not None and "like" not in st.session_state:
         picture = Term(upload_vector(opened, uploaded), is_image=True)
         label = f"the picture you uploaded ({uploaded.name})"
     elif "like" in st.session_state:

@@ -1,0 +1,209 @@
+"""The search page in a real browser: the app as a subprocess, Debian's headless Chromium driven by Playwright.
+
+The tiny model has random weights, so the deterministic checks are picture queries: an
+upload of a library picture, and "more like this", each find that picture first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+CHROMIUM = "/usr/bin/chromium"
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (Debian package `chromium`)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from encoders import ModelSpec, load_encoder  # noqa: E402
+from indexer import Library, index_folders  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+START_TIMEOUT = 90  # seconds for the server to answer; the first query also imports torch
+UI_TIMEOUT = 60_000  # milliseconds for the page to show something
+COLOURS = ["crimson", "forestgreen", "royalblue", "darkorange", "indigo", "gold", "teal", "hotpink"]
+
+
+def make_pictures(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = []
+    for i, colour in enumerate(COLOURS):
+        image = Image.new("RGB", (180, 140), "white")
+        draw = ImageDraw.Draw(image)
+        box = [20 + i * 3, 15, 150, 125]
+        if i % 3 == 0:
+            draw.ellipse(box, fill=colour)
+        elif i % 3 == 1:
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.pieslice(box, 0, 270, fill=colour)
+        draw.line([(0, 10 * i), (180, 140 - 10 * i)], fill="black", width=4)
+        path = folder / f"{i:02d}-{colour}.{'jpg' if i % 2 else 'png'}"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browserlib")
+    pictures = make_pictures(root / "pictures")
+    lib = Library.open(root / "library", create=True)
+    index_folders(lib, load_encoder(ModelSpec.from_options("clipsearch-tiny", "none", None)), [root / "pictures"])
+    return {"dir": root / "library", "pictures": pictures,
+            "ids": {p: lib.store.picture_by_path(str(p)).id for p in pictures}}
+
+
+def start_server(command: list[str], port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SEARCH_LIBRARY", None)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if get(f"http://127.0.0.1:{port}/_stcore/health")[0] == 200:
+                return process
+        except OSError:
+            pass
+        time.sleep(0.3)
+    stop(process)
+    pytest.fail(f"the app did not answer within {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End the server and anything it started (`search app` runs streamlit as a child): its own session."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=15)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def first_card(page):
+    return page.locator('[class*="st-key-result-"]').first
+
+
+def test_search_in_a_real_browser(library, browser, tmp_path):
+    port = free_port()
+    server = start_server([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port",
+                           str(port), "--server.headless", "true", "--server.fileWatcherType", "none", "--",
+                           "--library", str(library["dir"])], port, tmp_path / "server.log")
+    expect = sync_api.expect
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/")
+        box = page.locator('input[aria-label="Search your pictures"]')
+        box.wait_for(timeout=UI_TIMEOUT)
+        expect(page.get_by_text(f"{len(library['pictures'])} pictures", exact=True)).to_be_visible()
+
+        # Words: a grid of every picture, ranked (the random model's order means nothing).
+        box.fill("a red circle")
+        box.press("Enter")
+        cards = page.locator('[class*="st-key-result-"]')
+        expect(cards).to_have_count(len(library["pictures"]), timeout=UI_TIMEOUT)
+        expect(cards.first.locator("img")).to_be_visible()
+        assert cards.first.locator("img").evaluate("img => img.naturalWidth") > 0  # the thumbnail was served
+
+        # A picture from the library, uploaded: it comes back first.
+        target = library["pictures"][3]
+        box.fill("")
+        box.press("Enter")
+        page.locator('input[type="file"]').set_input_files(str(target))
+        expect(first_card(page)).to_contain_text(target.name, timeout=UI_TIMEOUT)
+        expect(first_card(page)).to_contain_text("1.000")
+
+        # More like this, under another result: that picture comes first, the upload is gone.
+        other = library["pictures"][6]
+        page.locator(f'.st-key-more-{library["ids"][other]} button').click()
+        expect(page.get_by_text(f"Pictures like {other.name}")).to_be_visible(timeout=UI_TIMEOUT)
+        expect(first_card(page)).to_contain_text(other.name, timeout=UI_TIMEOUT)
+        expect(first_card(page)).to_contain_text("1.000")
+
+        # View: the picture large, with its path.
+        first_card(page).get_by_role("button", name="View").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text(str(other), timeout=UI_TIMEOUT)
+        expect(dialog.locator("img")).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(dialog).to_have_count(0)
+
+        shot = Path(os.environ.get("CLIPSEARCH_SCREENSHOT_DIR", tmp_path)) / "app-browser.png"
+        page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
+
+        # Only library rows are served: no file path reaches the disk through the server.
+        for url in ("/etc/passwd", "/app/static/../../../../etc/passwd", "/media/..%2F..%2Fetc%2Fpasswd",
+                    f"/media/{target}", "/_stcore/../../etc/passwd"):
+            status, body = get(f"http://127.0.0.1:{port}{url}")
+            assert b"root:" not in body and target.read_bytes()[:64] not in body, url
+    finally:
+        stop(server)
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_search_app_command_serves_the_library_on_localhost(library, browser, tmp_path):
+    """`search app --library DIR --port N`: the CLI's launcher, the same page, bound to 127.0.0.1."""
+    search = shutil.which("search", path=str(Path(sys.executable).parent)) or "search"
+    port = free_port()
+    server = start_server([search, "app", "--library", str(library["dir"]), "--port", str(port)], port,
+                          tmp_path / "server.log")
+    try:
+        with socket.socket() as s:  # not on the machine's other addresses
+            addresses = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+            outside = next((a for a in addresses if not a.startswith("127.")), None)
+            if outside:
+                assert s.connect_ex((outside, port)) != 0
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        library_box = page.locator('input[aria-label="Library folder"]')
+        library_box.wait_for(timeout=UI_TIMEOUT)
+        assert library_box.input_value() == str(library["dir"])
+        target = library["pictures"][1]
+        page.locator('input[type="file"]').set_input_files(str(target))
+        sync_api.expect(first_card(page)).to_contain_text(target.name, timeout=UI_TIMEOUT)
+    finally:
+        stop(server)
