@@ -267,6 +267,164 @@ def status(
         typer.echo(f"{path}\t{error}")
 
 
+@app.command()
+@clean_errors
+def duplicates(
+    threshold: Annotated[float, typer.Option("--threshold", help="Cosine similarity at or above which two pictures "
+                                             "are near-duplicates.")] = 0.95,
+    library: LibraryOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Groups of near-duplicate pictures, largest first; byte-identical files are marked exact."""
+    import indexer
+    from search.tools import find_duplicates
+
+    lib = indexer.Library.open(resolve_library_dir(library))
+    groups = find_duplicates(lib, threshold)
+    if json_output:
+        typer.echo(json.dumps({"threshold": threshold, "groups": [g.to_dict() for g in groups]}, ensure_ascii=False))
+        return
+    if not groups:
+        typer.echo(f"no near-duplicates at threshold {threshold}")
+        return
+    for number, group in enumerate(groups, 1):
+        kind = "exact copies" if all(m.exact for m in group.members) else "near-duplicates"
+        typer.echo(f"group {number}: {len(group.members)} {kind}")
+        for m in group.members:
+            typer.echo(f"  {m.score:.4f}  {'exact' if m.exact else '     '}  {m.path}")
+
+
+@app.command()
+@clean_errors
+def tag(
+    labels: Annotated[str | None, typer.Option("--labels", help="Comma-separated labels, e.g. \"beach,dog,receipt\".",
+                                               show_default=False)] = None,
+    labels_file: Annotated[Path | None, typer.Option("--labels-file", help="Labels, one per line.",
+                                                     show_default=False)] = None,
+    templates: Annotated[Path | None, typer.Option("--templates", help="Prompt templates, one per line with {} "
+                                                   "(default: the CLIP paper's 80).", show_default=False)] = None,
+    min_confidence: Annotated[float, typer.Option("--min-confidence", min=0.0, max=1.0,
+                                                  help="Tag only when the best label's probability reaches this.")]
+    = 0.0,
+    library: LibraryOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Zero-shot tag every picture with its most likely label; then filter with `search query ... --tag LABEL`.
+
+    Running it again with the same labels classifies only pictures added or changed since.
+    """
+    import indexer
+    from encoders import PAPER_TEMPLATES, load_encoder
+    from search.terms import TermError, read_templates
+    from search.tools import parse_labels, tag_pictures
+
+    label_list = parse_labels(labels, labels_file)
+    try:
+        template_list = read_templates(templates) if templates is not None else PAPER_TEMPLATES
+    except TermError as e:
+        raise fail(str(e)) from None
+    lib = indexer.Library.open(resolve_library_dir(library))
+    encoder = load_encoder(lib.model_spec())
+    summary = tag_pictures(lib, encoder, label_list, template_list, min_confidence)
+    if json_output:
+        typer.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
+        return
+    typer.echo(f"{summary.classified} pictures classified, {summary.skipped} already done")
+    for label, count in summary.counts.items():
+        typer.echo(f"  {count:>6}  {label}")
+
+
+@app.command()
+@clean_errors
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="Files, folders or roots to forget (the files stay on disk).",
+                                                show_default=False)],
+    library: LibraryOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Forget pictures, folders or whole roots: rows, vectors and tags go; files on disk are not touched."""
+    import indexer
+    from search.tools import remove_paths
+
+    lib = indexer.Library.open(resolve_library_dir(library))
+    summary = remove_paths(lib, paths)
+    if json_output:
+        typer.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
+        return
+    typer.echo(f"{summary.pictures} pictures forgotten" +
+               (f"; roots no longer indexed: {', '.join(summary.roots)}" if summary.roots else ""))
+
+
+@app.command()
+@clean_errors
+def reindex(
+    model: ModelOption = None,
+    pretrained: PretrainedOption = None,
+    checkpoint: CheckpointOption = None,
+    library: LibraryOption = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of names or paths to skip.")] = None,
+    include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Index hidden files and folders.")] = False,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decoding threads.")] = None,
+    keep_old: Annotated[bool, typer.Option("--keep-old", help="Keep the old library as LIBRARY.old.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+):
+    """Re-embed every picture with another model; the old library answers queries until the new one is complete."""
+    import indexer
+    from encoders import load_encoder
+    from search.reindex import reindex as run_reindex
+
+    if not (model or pretrained or checkpoint):
+        raise fail("name the new model: --model ARCH with --pretrained TAG|none, or --checkpoint PATH")
+    lib = indexer.Library.open(resolve_library_dir(library))
+    encoder = load_encoder(_model_spec(model, pretrained, checkpoint))
+    record = lib.model
+    if record is not None and record.fingerprint == encoder.fingerprint.id:
+        typer.echo(f"the library already uses {record.architecture} ({record.weights}): nothing to do")
+        return
+    options = indexer.IndexOptions(batch_size=batch_size, workers=workers,
+                                   scan=indexer.ScanOptions(excludes=tuple(exclude or ()),
+                                                            include_hidden=include_hidden))
+    try:
+        summary = run_reindex(lib, encoder, options, keep_old=keep_old)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the old library is unchanged; run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
+    if json_output:
+        typer.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
+        return
+    typer.echo(f"re-embedded with {summary.new_model}: {summary.pictures_after} pictures "
+               f"(before: {summary.pictures_before} with {summary.old_model})"
+               + (f"; old library kept at {summary.kept_old}" if summary.kept_old else ""))
+
+
+@app.command()
+@clean_errors
+def export(
+    json_output: Annotated[bool, typer.Option("--json", help="JSON (the only format; the default).")] = True,
+    vectors: Annotated[bool, typer.Option("--vectors", help="Include each picture's vector.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE instead of standard output.",
+                                                show_default=False)] = None,
+    library: LibraryOption = None,
+):
+    """Every picture with its metadata (and vector) as one JSON object, for other tools."""
+    import indexer
+    from search.tools import iter_export, library_header
+
+    lib = indexer.Library.open(resolve_library_dir(library))
+    header = library_header(lib)
+    out = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
+    try:
+        # Streamed: one picture per line inside the array, so a big library never sits in memory.
+        out.write(json.dumps(header, ensure_ascii=False)[:-1] + ', "pictures": [')
+        for n, item in enumerate(iter_export(lib, vectors=vectors)):
+            out.write(("," if n else "") + "\n" + json.dumps(item, ensure_ascii=False))
+        out.write("\n]}\n")
+    finally:
+        if output is not None:
+            out.close()
+
+
 @app.command("app")
 @clean_errors
 def run_app(

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from encoders import PAPER_TEMPLATES, ClipEncoder, ModelSpec, load_encoder
 from indexer import DecodeError, Library, LibraryError, Picture, VectorIndex, check_same_model, decode_picture
 
-from .filters import FilterError, Filters
+from .filters import FilterError, Filters, unknown_tags_message
 from .library import resolve_library_dir
 from .terms import SORT_KEYS, SearchResult, Term, TermError, combine, ensemble_mean, finish, own_picture_first
 
@@ -177,13 +177,23 @@ class SearchEngine:
         """Row ids a filtered search may return (None: no filter, everything)."""
         if not filters:
             return None
-        from indexer.tags import has_tag_tables
+        if filters.tags:
+            from indexer.tags import PictureTag, has_tag_tables
 
-        if filters.tags and not has_tag_tables(self.library.store.engine):
-            raise QueryError(f"no picture is tagged {', '.join(filters.tags)}: run `search tag --labels ...` first")
+            known = []
+            if has_tag_tables(self.library.store.engine):
+                with self.library.store.session() as s:
+                    known = list(s.scalars(select(PictureTag.tag).distinct().order_by(PictureTag.tag)))
+            message = unknown_tags_message(filters.tags, known)
+            if message:
+                raise QueryError(message)
         dialect = self.library.store.engine.dialect.name
         with self.library.store.session() as s:
-            ids = s.scalars(select(Picture.id).where(*filters.clauses(dialect))).all()
+            if filters.exts and dialect != "sqlite":
+                rows = s.execute(select(Picture.id, Picture.path).where(*filters.clauses(dialect))).all()
+                ids = [r.id for r in rows if filters.matches_ext(r.path)]
+            else:
+                ids = s.scalars(select(Picture.id).where(*filters.clauses(dialect))).all()
         return np.asarray(ids, dtype=np.int64)
 
     def search_vector(self, vector: np.ndarray, top_k: int = 10, under: str | os.PathLike | None = None, *,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .filters import Filters
+from .filters import Filters, unknown_tags_message
 from .terms import SearchResult, Term, combine, ensemble_mean, finish, own_picture_first
 
 DB_NAME = "library.db"
@@ -118,12 +118,12 @@ def query(folder: str | os.PathLike, terms: Sequence[Term], top_k: int = 10, fil
         if filters:
             where, params = filters.sqlite_where()
             try:
+                _check_tags(connection, filters.tags)
                 cursor = connection.execute(f"SELECT id FROM pictures WHERE {where}", params)
                 within = np.fromiter((r[0] for r in cursor), dtype=np.int64)
             except sqlite3.OperationalError as e:
                 if MISSING_TAG_TABLE in str(e):
-                    raise FastQueryError(f"no picture is tagged {', '.join(filters.tags)}: "
-                                         "run `search tag --labels ...` first") from None
+                    raise FastQueryError(unknown_tags_message(filters.tags, [])) from None
                 raise
         extra = _copies_of(connection, terms)
         scores, ids = _search(index, vector, top_k + extra, within)
@@ -134,6 +134,13 @@ def query(folder: str | os.PathLike, terms: Sequence[Term], top_k: int = 10, fil
         connection.close()
     results = [SearchResult.from_row(rows[int(i)], s) for s, i in zip(scores, ids, strict=False) if int(i) in rows]
     return finish(own_picture_first(results, terms)[:top_k], min_score, sort)
+
+
+def _check_tags(connection: sqlite3.Connection, tags: Sequence[str]) -> None:
+    known = [r[0] for r in connection.execute("SELECT DISTINCT tag FROM picture_tags ORDER BY tag")] if tags else []
+    message = unknown_tags_message(tags, known)
+    if message:
+        raise FastQueryError(message)
 
 
 def _copies_of(connection: sqlite3.Connection, terms: Sequence[Term]) -> int:

@@ -92,6 +92,9 @@ class Filters:
         prefix = os.fsencode(self.under.rstrip(os.sep) + os.sep)
         return prefix, prefix + b"\xff"
 
+    def matches_ext(self, path: str) -> bool:
+        return not self.exts or os.path.splitext(path)[1].lstrip(".").lower() in self.exts
+
     # -- plain SQLite (the fast path) ------------------------------------------------------
 
     def sqlite_where(self) -> tuple[str, list]:
@@ -106,8 +109,10 @@ class Filters:
                                f"(taken_at IS NULL AND mtime_ns {op} ?))")
                 params += [bound.strftime("%Y-%m-%d %H:%M:%S.%f"), local_ns(bound)]
         if self.exts:
-            clauses.append("(" + " OR ".join("path LIKE ? ESCAPE '\\'" for _ in self.exts) + ")")
-            params += [_like_suffix(ext) for ext in self.exts]
+            # The path is a BLOB (bytes): compare its last bytes, as text, ignoring ASCII case.
+            clauses.append("(" + " OR ".join("lower(CAST(substr(path, ?) AS TEXT)) = ?" for _ in self.exts) + ")")
+            for ext in self.exts:
+                params += [-(len(ext.encode()) + 1), f".{ext}"]
         for tag in self.tags:
             clauses.append("id IN (SELECT picture_id FROM picture_tags WHERE tag = ?)")
             params.append(tag)
@@ -116,8 +121,12 @@ class Filters:
     # -- SQLAlchemy (the engine) -------------------------------------------------------------
 
     def clauses(self, dialect: str = "sqlite") -> list:
-        """SQLAlchemy conditions on ``Picture`` for ``select(Picture.id).where(*clauses)``."""
-        from sqlalchemy import and_, or_, select
+        """SQLAlchemy conditions on ``Picture`` for ``select(Picture.id).where(*clauses)``.
+
+        Outside SQLite the extension test is left to ``matches_ext`` on the paths (bytes columns
+        have no portable suffix/case functions).
+        """
+        from sqlalchemy import String, and_, cast, func, or_, select
 
         from indexer.store import OK, Picture, under_clause
         from indexer.tags import PictureTag
@@ -131,16 +140,20 @@ class Filters:
         if self.before is not None:
             out.append(or_(and_(Picture.taken_at.is_not(None), Picture.taken_at < self.before),
                            and_(Picture.taken_at.is_(None), Picture.mtime_ns < local_ns(self.before))))
-        if self.exts:
-            # SQLite's LIKE ignores ASCII case; elsewhere, match the two usual spellings.
-            spellings = (str.lower,) if dialect == "sqlite" else (str.lower, str.upper)
-            patterns = [_like_suffix(spell(ext)) for ext in self.exts for spell in spellings]
-            out.append(or_(*[Picture.path.like(p, escape="\\") for p in patterns]))
+        if self.exts and dialect == "sqlite":
+            out.append(or_(*[func.lower(cast(func.substr(Picture.path, -(len(ext.encode()) + 1)), String)) == f".{ext}"
+                             for ext in self.exts]))
         for tag in self.tags:
             out.append(Picture.id.in_(select(PictureTag.picture_id).where(PictureTag.tag == tag)))
         return out
 
 
-def _like_suffix(ext: str) -> str:
-    escaped = ext.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%.{escaped}"
+def unknown_tags_message(tags, known) -> str | None:
+    """An error for asked tags that no picture carries (most likely a typo), or None."""
+    missing = [t for t in tags if t not in set(known)]
+    if not missing:
+        return None
+    if not known:
+        return f"no picture is tagged yet (asked: {', '.join(missing)}): run `search tag --labels ...` first"
+    shown = ", ".join(list(known)[:20]) + (", ..." if len(known) > 20 else "")
+    return f"no picture is tagged {', '.join(missing)}; tags in this library: {shown}"

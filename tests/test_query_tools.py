@@ -1,0 +1,408 @@
+"""Issue 6: combined queries, filters inside the vector search, the ONNX fast path, and the library tools.
+
+Most tests use a synthetic library whose vectors the test chooses (so results can be
+predicted and compared with brute force); the model-dependent ones use the tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+
+import numpy as np
+import pytest
+from conftest import ROOT, make_pictures
+
+from indexer import Library, index_folders
+from indexer.store import Picture, vector_bytes
+from indexer.vectors import VectorIndex
+from search import SearchEngine, Term, fastpath
+from search.filters import Filters
+from search.terms import TermError, combine, parse_terms
+from search.tools import find_duplicates, remove_paths
+
+DIM = 32
+
+
+def cli(*args: str, check: bool = False):
+    """`search ...` in this process (a subprocess pays seconds of imports); stdout and stderr kept apart."""
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if check and result.exit_code != 0:
+        raise AssertionError(f"search {' '.join(map(str, args))} exited {result.exit_code}:\n{result.stderr}"
+                             f"{result.exception!r}")
+    result.returncode = result.exit_code
+    return result
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def make_synthetic(folder, entries: list[dict]) -> Library:
+    """A library with chosen rows and vectors (no model needed): each entry has path, vector and optionally
+    taken_at, mtime_ns, content_hash. Files are created so picture terms can name them."""
+    lib = Library.open(folder, create=True)
+    lib.store.set_model("synthetic", "synthetic:0", "synthetic0000000", "none", DIM)
+    with lib.store.session() as s, s.begin():
+        for e in entries:
+            path = e["path"]
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if not os.path.exists(path):
+                with open(path, "wb") as f:
+                    f.write(e.get("bytes", path.encode()))
+            st = os.stat(path)
+            if "mtime_ns" in e:
+                os.utime(path, ns=(e["mtime_ns"], e["mtime_ns"]))
+                st = os.stat(path)
+            s.add(Picture(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, content_hash=e.get("hash", path),
+                          width=10, height=10, taken_at=e.get("taken_at"), status="ok",
+                          vector=vector_bytes(unit(e["vector"]))))
+        lib.store.bump_generation(s)
+    record = lib.model
+    index = VectorIndex.rebuild(lib.store, DIM, record.generation)
+    index.save(lib.folder, lib.store)
+    return lib
+
+
+def brute_force(lib: Library, vector: np.ndarray, k: int, keep=lambda row: True) -> list[tuple[int, float]]:
+    with lib.store.session() as s:
+        rows = [r for r in s.query(Picture).filter(Picture.status == "ok") if keep(r)]
+    scored = sorted(((float(np.frombuffer(r.vector, np.float32) @ vector), r.id) for r in rows), reverse=True)
+    return [(i, score) for score, i in scored[:k]]
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(60):
+        folder = "small" if i < 12 else "big"
+        ext = ["png", "jpg", "JPG"][i % 3]
+        entry = {"path": str(tmp_path / "pics" / folder / f"p{i:02d}.{ext}"), "vector": rng.normal(size=DIM),
+                 "mtime_ns": int(datetime(2020 + i % 5, 6, 1).timestamp() * 1e9)}
+        if i % 4 == 0:
+            entry["taken_at"] = datetime(2010 + i % 10, 1, 15, 12, 0)
+        entries.append(entry)
+    return make_synthetic(tmp_path / "lib", entries), rng
+
+
+# -- terms ---------------------------------------------------------------------------------------
+
+def test_short_and_long_forms_parse_to_the_same_terms(tmp_path):
+    pool = tmp_path / "pool.jpg"
+    pool.write_bytes(b"x")
+    short = parse_terms(["2:golden retriever", "+", str(pool), "-", "indoor"])
+    long = parse_terms(["golden retriever"], weight=2, add=[str(pool)], subtract=["indoor"])
+    assert short == long == [Term("golden retriever", 2.0, False), Term(str(pool), 1.0, True),
+                             Term("indoor", -1.0, False)]
+    # Unquoted words are one text; a file among them is its own (picture) term.
+    assert parse_terms(["golden", "retriever", str(pool)]) == [Term("golden retriever", 1.0, False),
+                                                               Term(str(pool), 1.0, True)]
+    assert parse_terms(["-", "0.5:dark"]) == [Term("dark", -0.5, False)]
+    for bad in (["dog", "+"], ["dog", "+", "-", "cat"], ["0:dog"]):
+        with pytest.raises(TermError):
+            parse_terms(bad)
+    with pytest.raises(TermError):
+        parse_terms(["2:dog"], weight=3)
+
+
+def test_combined_query_is_the_renormalised_weighted_sum(synthetic):
+    lib, rng = synthetic
+    engine = SearchEngine(lib.folder)
+    a, b = unit(rng.normal(size=DIM)), unit(rng.normal(size=DIM))
+    with lib.store.session() as s:
+        row = s.query(Picture).first()
+    stored = np.frombuffer(row.vector, np.float32)
+    terms = [Term(a, 2.0), Term(row.path, 1.0), Term(b, -0.5)]
+    expected = combine([a, stored, b], [2.0, 1.0, -0.5])
+    assert np.allclose(expected, unit(2 * a + stored - 0.5 * b), atol=1e-6)
+    got = engine.query(terms=terms, top_k=8)
+    assert [(r.id, round(r.score, 4)) for r in got] == [(i, round(s, 4)) for i, s in brute_force(lib, expected, 8)]
+    # The fast path (no torch) combines the same way.
+    fast = fastpath.query(lib.folder, terms, top_k=8)
+    assert [r.id for r in fast] == [r.id for r in got]
+
+
+def test_picture_term_finds_itself_first(synthetic):
+    lib, _ = synthetic
+    with lib.store.session() as s:
+        paths = [r.path for r in s.query(Picture).limit(5)]
+    engine = SearchEngine(lib.folder)
+    for path in paths:
+        assert engine.query(image=path, top_k=1)[0].path == path
+        assert fastpath.query(lib.folder, [Term(path)], top_k=1)[0].path == path
+
+
+# -- filters -------------------------------------------------------------------------------------
+
+def _keep(filters: Filters):
+    def keep(row) -> bool:
+        if filters.under and not row.path.startswith(filters.under.rstrip("/") + "/"):
+            return False
+        when = row.taken_at or datetime.fromtimestamp(row.mtime_ns / 1e9)
+        if filters.after and when < filters.after:
+            return False
+        if filters.before and when >= filters.before:
+            return False
+        return not filters.exts or row.path.rsplit(".", 1)[-1].lower() in filters.exts
+    return keep
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"under": "pics/small"},
+    {"ext": ["jpg"]},
+    {"ext": "png,jpg"},
+    {"after": "2022"},
+    {"before": "2021-06-02"},
+    {"after": "2012-01", "before": "2023"},
+    {"under": "pics/big", "ext": "JPG", "after": "2021"},
+])
+def test_filtered_search_equals_brute_force_over_the_filtered_rows(synthetic, tmp_path, kwargs):
+    lib, rng = synthetic
+    if "under" in kwargs:
+        kwargs = {**kwargs, "under": str(tmp_path / kwargs["under"])}
+    engine = SearchEngine(lib.folder)
+    filters = Filters.make(**kwargs)
+    query = unit(rng.normal(size=DIM))
+    expected = brute_force(lib, query, 10, _keep(filters))
+    assert expected, "the filter should match something"
+    got = engine.query(terms=[Term(query)], top_k=10, **{("tags" if k == "tag" else k): v for k, v in kwargs.items()})
+    assert [(r.id, round(r.score, 4)) for r in got] == [(i, round(s, 4)) for i, s in expected]
+    fast = fastpath.query(lib.folder, [Term(query)], top_k=10, filters=filters)
+    assert [r.id for r in fast] == [r.id for r in got]
+    # Both renderings of the filter select the same rows.
+    where, params = filters.sqlite_where()
+    import sqlite3
+    with sqlite3.connect(lib.folder / "library.db") as c:
+        raw = sorted(r[0] for r in c.execute(f"SELECT id FROM pictures WHERE {where}", params))
+    assert raw == sorted(engine.matching_ids(filters).tolist())
+
+
+def test_asking_for_ten_under_a_small_folder_returns_ten(synthetic, tmp_path):
+    lib, rng = synthetic
+    engine = SearchEngine(lib.folder)
+    results = engine.query(terms=[Term(unit(rng.normal(size=DIM)))], top_k=10, under=tmp_path / "pics" / "small")
+    assert len(results) == 10 and all("/small/" in r.path for r in results)
+    assert len(engine.query(terms=[Term(unit(rng.normal(size=DIM)))], top_k=50,
+                            under=tmp_path / "pics" / "small")) == 12
+
+
+def test_min_score_and_sort(synthetic):
+    lib, rng = synthetic
+    engine = SearchEngine(lib.folder)
+    q = [Term(unit(rng.normal(size=DIM)))]
+    top = engine.query(terms=q, top_k=20)
+    cut = top[5].score
+    assert engine.query(terms=q, top_k=20, min_score=cut) == top[:6]
+    by_path = engine.query(terms=q, top_k=20, sort="path")
+    assert [r.path for r in by_path] == sorted(r.path for r in top)
+    by_date = engine.query(terms=q, top_k=20, sort="date")
+    dates = [r.taken_at or r.modified for r in by_date]
+    assert dates == sorted(dates) and {r.id for r in by_date} == {r.id for r in top}
+    assert fastpath.query(lib.folder, q, top_k=20, sort="date", min_score=cut) == [r for r in by_date if r.score >= cut]
+
+
+# -- duplicates ----------------------------------------------------------------------------------
+
+def test_duplicates_by_construction(tmp_path):
+    rng = np.random.default_rng(1)
+    base_a, base_b = unit(rng.normal(size=DIM)), unit(rng.normal(size=DIM))
+    # A chain: c1 ~ c2 ~ c3 above the threshold, c1 and c3 below it: one group by connectivity.
+    step = unit(rng.normal(size=DIM))
+    chain = [unit(base_b + t * 0.25 * step) for t in range(3)]
+    d = tmp_path / "pics"
+    entries = [
+        {"path": str(d / "a1.png"), "vector": base_a, "hash": "same", "bytes": b"A"},
+        {"path": str(d / "a2.png"), "vector": base_a, "hash": "same", "bytes": b"A"},
+        {"path": str(d / "a3.png"), "vector": unit(base_a + 0.05 * unit(rng.normal(size=DIM)))},
+        {"path": str(d / "a4.png"), "vector": unit(base_a + 0.05 * unit(rng.normal(size=DIM)))},
+        *[{"path": str(d / f"c{i}.png"), "vector": v} for i, v in enumerate(chain)],
+        *[{"path": str(d / f"r{i}.png"), "vector": rng.normal(size=DIM)} for i in range(20)],
+    ]
+    lib = make_synthetic(tmp_path / "lib", entries)
+    threshold = float(chain[0] @ chain[1]) - 1e-3
+    assert float(chain[0] @ chain[2]) < threshold
+    groups = find_duplicates(lib, threshold)
+    assert [sorted(os.path.basename(m.path) for m in g.members) for g in groups] == [
+        ["a1.png", "a2.png", "a3.png", "a4.png"], ["c0.png", "c1.png", "c2.png"]]
+    exact = {os.path.basename(m.path): m.exact for m in groups[0].members}
+    assert exact == {"a1.png": True, "a2.png": True, "a3.png": False, "a4.png": False}
+    assert groups[0].members[0].score == 1.0 and all(m.score >= threshold - 0.1 for m in groups[0].members)
+    out = cli("duplicates", "--threshold", str(threshold), "--json", "--library", str(lib.folder), check=True)
+    data = json.loads(out.stdout)
+    assert [g["size"] for g in data["groups"]] == [4, 3]
+    assert cli("duplicates", "--threshold", "2", "--library", str(lib.folder)).returncode == 2
+
+
+# -- remove, export ------------------------------------------------------------------------------
+
+def test_remove_files_folders_and_roots(synthetic, tmp_path):
+    lib, _ = synthetic
+    with lib.store.session() as s, s.begin():
+        from indexer.store import Root
+        s.add(Root(path=str(tmp_path / "pics" / "small")))
+    one = str(tmp_path / "pics" / "big" / "p21.png")
+    summary = remove_paths(lib, [one])
+    assert summary.pictures == 1 and lib.store.picture_by_path(one) is None
+    summary = remove_paths(lib, [tmp_path / "pics" / "small"])
+    assert summary.pictures == 12 and summary.roots == [str(tmp_path / "pics" / "small")]
+    assert lib.store.counts()["pictures"] == 47
+    index = lib.vector_index().index
+    assert index.ntotal == 47 and lib.model.index_generation == lib.model.generation
+    result = cli("remove", str(tmp_path / "nowhere"), "--library", str(lib.folder))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nothing in the library" in result.stderr
+
+
+def test_export_json_with_vectors(synthetic):
+    lib, _ = synthetic
+    out = cli("export", "--json", "--vectors", "--library", str(lib.folder), check=True)
+    data = json.loads(out.stdout)
+    assert data["model"]["embed_dim"] == DIM and len(data["pictures"]) == 60
+    first = data["pictures"][0]
+    row = lib.store.pictures([first["id"]])[first["id"]]
+    assert first["path"] == row.path and np.allclose(first["vector"], np.frombuffer(row.vector, np.float32))
+    assert "vector" not in json.loads(cli("export", "--library", str(lib.folder), check=True).stdout)["pictures"][0]
+
+
+# -- the model: ONNX fast path, tags, reindex, CLI ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_library(tmp_path_factory):
+    """A tiny-model library of 24 drawn pictures, its ONNX tower exported (module-wide: it takes a while)."""
+    from encoders import ModelSpec, load_encoder
+
+    base = tmp_path_factory.mktemp("tiny")
+    make_pictures(base / "pics" / "a", 12)
+    make_pictures(base / "pics" / "b", 12, start=12, ext="jpg")
+    encoder = load_encoder(ModelSpec.from_options("clipsearch-tiny", "none", None))
+    lib = Library.open(base / "lib", create=True)
+    index_folders(lib, encoder, [base / "pics"])
+    engine = SearchEngine(lib.folder, encoder=encoder)
+    assert engine.prepare_fast_queries() is not None
+    return base, lib, engine
+
+
+TEXTS = ["a dog", "golden retriever on a beach", "RECEIPT!!", "café &amp; crème brûlée", "日本語のテキスト", "",
+         "a " * 80 + "very long caption that gets truncated", "it's what we'd've done", "4 cats, 12 dogs & 1 bird"]
+
+
+def test_pure_python_tokenizer_matches_open_clip(tiny_library):
+    from search.textonnx import ClipTokenizer
+
+    _, _, engine = tiny_library
+    ours = ClipTokenizer(engine.encoder.tokenizer.context_length)
+    assert np.array_equal(ours(TEXTS), engine.encoder.tokenizer(TEXTS).numpy())
+    import open_clip
+    assert np.array_equal(ClipTokenizer(77)(TEXTS), open_clip.get_tokenizer("ViT-B-32")(TEXTS).numpy())
+
+
+def test_onnx_text_vectors_match_pytorch(tiny_library):
+    from search.textonnx import OnnxTextEncoder
+
+    _, lib, engine = tiny_library
+    onnx = OnnxTextEncoder.for_library(lib.folder, lib.model.fingerprint)
+    cosines = (onnx.encode_texts(TEXTS) * engine.encoder.encode_texts(TEXTS)).sum(axis=1)
+    assert cosines.min() >= 0.999
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_fast_path_results_equal_the_pytorch_path(tiny_library, ensemble):
+    base, lib, engine = tiny_library
+    pic = str(base / "pics" / "a" / "pic003.png")
+    for terms in ([Term("a red circle")], [Term("2:x", 2.0, False), Term(pic), Term("blue", -1.0, False)]):
+        slow = engine.query(terms=terms, top_k=10, ensemble=ensemble, ext="jpg" if ensemble else None)
+        fast = fastpath.query(lib.folder, terms, top_k=10, ensemble=ensemble,
+                              filters=Filters.make(ext="jpg" if ensemble else None))
+        assert fast is not None
+        assert [r.path for r in fast] == [r.path for r in slow]
+        assert np.allclose([r.score for r in fast], [r.score for r in slow], atol=2e-3)
+
+
+def test_cli_query_forms_and_errors(tiny_library):
+    base, lib, engine = tiny_library
+    L = ("--library", str(lib.folder))
+    pic = str(base / "pics" / "a" / "pic003.png")
+    short = cli("query", "2:red circle", "+", pic, "-", "blue", "--json", *L, check=True)
+    long = cli("query", "red circle", "--weight", "2", "--add", pic, "--subtract", "blue", "--json", *L,
+                   check=True)
+    api = engine.query(terms=[Term("red circle", 2.0, False), Term(pic), Term("blue", -1.0, False)], top_k=10)
+    assert json.loads(short.stdout) == json.loads(long.stdout)
+    assert [r["path"] for r in json.loads(short.stdout)["results"]] == [r.path for r in api]
+    self_hit = cli("query", "--image", pic, "--top", "1", "--paths-only", *L, check=True)
+    assert self_hit.stdout.strip() == pic
+    filtered = cli("query", "circle", "--under", str(base / "pics" / "b"), "--ext", "jpg", "--top", "30",
+                       "--sort", "path", "--paths-only", *L, check=True).stdout.split()
+    assert len(filtered) == 12 and filtered == sorted(filtered) and all("/b/" in p for p in filtered)
+    for bad in (["dog", "+"], ["dog", "--after", "2020-13"], ["dog", "--sort", "size"], ["dog", "--tag", "nope"],
+                ["dog", "--templates", "x.txt"], ["dog", "--ensemble", "--templates", str(base / "none.txt")]):
+        result = cli("query", *bad, *L)
+        assert result.returncode == 2 and result.stderr.startswith("error:"), (bad, result.stderr)
+        assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_cli_text_query_does_not_import_torch(tiny_library):
+    _, lib, _ = tiny_library
+    code = ("import sys; sys.argv = ['search', 'query', 'a dog', '--library', sys.argv[1]]\n"
+            "from search.cli import app\ntry:\n    app()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code, str(lib.folder)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 10
+
+
+def test_tags_zero_shot_filter_and_rerun_only_new(tiny_library, tmp_path):
+    base, lib, engine = tiny_library
+    L = ("--library", str(lib.folder))
+    first = json.loads(cli("tag", "--labels", "circle,square,triangle", "--json", *L, check=True).stdout)
+    assert first["classified"] == 24 and sum(first["counts"].values()) == 24
+    again = json.loads(cli("tag", "--labels", "circle,square,triangle", "--json", *L, check=True).stdout)
+    assert again["classified"] == 0 and again["counts"] == first["counts"]
+    label = max(first["counts"], key=first["counts"].get)
+    from indexer.tags import PictureTag
+    with lib.store.session() as s:
+        tagged = {r.picture_id for r in s.query(PictureTag).filter(PictureTag.tag == label)}
+    results = engine.query("anything", top_k=50, tags=label)
+    assert {r.id for r in results} == tagged
+    out = cli("query", "anything", "--tag", label, "--top", "50", "--paths-only", *L, check=True)
+    assert sorted(out.stdout.split()) == sorted(r.path for r in results)
+    assert cli("tag", "--labels", "onlyone", *L).returncode == 2
+
+
+def test_reindex_swaps_in_a_checkpoint_model_and_queries_keep_working(tmp_path, tiny_encoder):
+    import torch
+    from safetensors.torch import save_file
+
+    make_pictures(tmp_path / "pics", 10)
+    lib = Library.open(tmp_path / "lib", create=True)
+    index_folders(lib, tiny_encoder, [tmp_path / "pics"])
+    old_fingerprint = lib.model.fingerprint
+    state = {k: (v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v).contiguous()
+             for k, v in tiny_encoder.model.state_dict().items()}
+    weights = tmp_path / "other.safetensors"
+    save_file(state, str(weights))
+    result = cli("reindex", "--model", "clipsearch-tiny", "--checkpoint", str(weights), "--json", "--library",
+                     str(lib.folder), check=True)
+    summary = json.loads(result.stdout)
+    assert summary["pictures_before"] == summary["pictures_after"] == 10
+    swapped = Library.open(tmp_path / "lib")
+    assert swapped.model.fingerprint != old_fingerprint and swapped.model.weights.startswith("checkpoint:")
+    assert not (tmp_path / ".lib.reindex").exists()
+    pic = str(tmp_path / "pics" / "pic004.png")
+    first = cli("query", "--image", pic, "--top", "1", "--paths-only", "--library", str(swapped.folder),
+                    check=True)
+    assert first.stdout.strip() == pic
+    slow = cli("query", "a red square", "--json", "--library", str(swapped.folder), check=True)  # exports ONNX
+    fast = cli("query", "a red square", "--json", "--library", str(swapped.folder), check=True)
+    assert [r["path"] for r in json.loads(slow.stdout)["results"]] == [
+        r["path"] for r in json.loads(fast.stdout)["results"]]
+    assert list(swapped.folder.glob("text.*.onnx"))
+    assert cli("reindex", "--library", str(swapped.folder)).returncode == 2
