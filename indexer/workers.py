@@ -39,11 +39,23 @@ def _die_with_parent() -> None:
         pass
 
 
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (ValueError, OSError):
+        return 65536
+
+
 def _worker_loop(conn: Connection, others: list[Connection], fn: Callable[[Any], Any]) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     for other in others:
         other.close()
+    # Drop every other inherited descriptor: the library's lock (a killed indexer's lock must die with
+    # it, not live on in a worker), its database files, the other workers' pipes.
+    own = conn.fileno()
+    os.closerange(3, own)
+    os.closerange(own + 1, _max_fd())
     try:
         while True:
             try:
