@@ -4,7 +4,6 @@ distributes exactly, its exports load everywhere, and bad setups fail in one lin
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,8 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import (classes, make_shapes_corpus, write_folder, write_jsonl,  # noqa: E402
-                           write_shards)
+from train_helpers import classes, make_shapes_corpus, write_folder, write_jsonl, write_shards  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -369,7 +367,12 @@ def test_recall_counts_every_picture_with_the_caption():
     texts = torch.tensor([[0.6, 0.8], [0.6, 0.8], [0.0, 1.0]])
     metrics = retrieval_metrics(images, texts, ["x", "x", "y"], [[0], [1], [2]], ks=(1,), block=1)
     assert metrics["text_to_image"]["recall@1"] == 1.0
+    assert metrics["image_to_text"]["recall@1"] == 1.0
+    # Caption "y" moved next to "x": picture 2 now finds "x" first, a miss.
+    texts[2] = torch.tensor([0.62, 0.78])
+    metrics = retrieval_metrics(images, texts, ["x", "x", "y"], [[0], [1], [2]], ks=(1, 5), block=2)
     assert metrics["image_to_text"]["recall@1"] == pytest.approx(2 / 3)
+    assert metrics["image_to_text"]["recall@5"] == 1.0
 
 
 # ------------------------------------------------------------------ (6) real data: Google → Twitter emoji

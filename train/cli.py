@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
 
 import typer
 
@@ -21,21 +20,21 @@ def _fail(message: str) -> None:
 
 
 def train_command(
-    data: list[str] = typer.Option(..., "--data", help="Corpus: CSV/TSV, JSONL, folder with .txt captions, or "
+    data: list[str] = typer.Option(..., "--data", help="Corpus: CSV/TSV, JSONL, folder with .txt captions, or "  # noqa: B008
                                    "tar shards like shards/{000..099}.tar. Repeat for several."),
     output: str = typer.Option(..., "--output", help="Run folder: checkpoints, metrics, curves, model/."),
-    val_data: Optional[list[str]] = typer.Option(None, "--val-data", help="Validation corpus (any format)."),
+    val_data: list[str] | None = typer.Option(None, "--val-data", help="Validation corpus (any format)."),  # noqa: B008
     val_fraction: float = typer.Option(0.0, "--val-fraction", help="Hold out this fraction of the pictures."),
-    model: Optional[str] = typer.Option(None, "--model", help="open_clip architecture (default ViT-B-32)."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip tag, hf-hub:ORG/REPO or none."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Start from a model folder or weights file."),
+    model: str | None = typer.Option(None, "--model", help="open_clip architecture (default ViT-B-32)."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="open_clip tag, hf-hub:ORG/REPO or none."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", help="Start from a model folder or weights file."),
     epochs: int = typer.Option(10, "--epochs"),
     batch_size: int = typer.Option(128, "--batch-size", help="Per process and micro-batch."),
     seed: int = typer.Option(0, "--seed"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Default 1e-3 from scratch, 1e-5 from weights."),
+    lr: float | None = typer.Option(None, "--lr", help="Default 1e-3 from scratch, 1e-5 from weights."),
     wd: float = typer.Option(0.1, "--wd"),
     warmup: float = typer.Option(0.1, "--warmup", help="Fraction of all steps (< 1) or a number of steps."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32|bf16|fp16 (default: fp32 on CPU, "
+    precision: str | None = typer.Option(None, "--precision", help="fp32|bf16|fp16 (default: fp32 on CPU, "
                                             "bf16 or fp16 on GPU)."),
     accum_steps: int = typer.Option(1, "--accum-steps", help="Micro-batches per optimizer step."),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Max gradient norm (0: off)."),
@@ -47,13 +46,13 @@ def train_command(
     lock_text_unlocked_layers: int = typer.Option(0, "--lock-text-unlocked-layers"),
     loss: str = typer.Option("clip", "--loss", help="clip|siglip"),
     save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps (and at each epoch)."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="latest or a checkpoint file."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes (default: automatic)."),
+    resume: str | None = typer.Option(None, "--resume", help="latest or a checkpoint file."),
+    workers: int | None = typer.Option(None, "--workers", help="Data loader processes (default: automatic)."),
     image_column: str = typer.Option("filepath", "--image-column"),
     caption_column: str = typer.Option("caption", "--caption-column"),
-    label_column: Optional[str] = typer.Option(None, "--label-column", help="Zero-shot labels for validation."),
-    templates: Optional[str] = typer.Option(None, "--templates", help="Prompt templates file, one per line."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", hidden=True),
+    label_column: str | None = typer.Option(None, "--label-column", help="Zero-shot labels for validation."),
+    templates: str | None = typer.Option(None, "--templates", help="Prompt templates file, one per line."),
+    max_steps: int | None = typer.Option(None, "--max-steps", hidden=True),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train (or fine-tune) a CLIP model on captioned pictures; the result lands in OUTPUT/model/."""
@@ -80,10 +79,10 @@ def train_command(
 
 def eval_command(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Model folder written by `search train`."),
-    data: list[str] = typer.Option(..., "--data", help="Captioned corpus (any training format)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Architecture, when --checkpoint is a weights file."),
-    label_column: Optional[str] = typer.Option(None, "--label-column", help="Also report zero-shot accuracy."),
-    templates: Optional[str] = typer.Option(None, "--templates", help="Prompt templates file, one per line."),
+    data: list[str] = typer.Option(..., "--data", help="Captioned corpus (any training format)."),  # noqa: B008
+    model: str | None = typer.Option(None, "--model", help="Architecture, when --checkpoint is a weights file."),
+    label_column: str | None = typer.Option(None, "--label-column", help="Also report zero-shot accuracy."),
+    templates: str | None = typer.Option(None, "--templates", help="Prompt templates file, one per line."),
     batch_size: int = typer.Option(256, "--batch-size"),
     image_column: str = typer.Option("filepath", "--image-column"),
     caption_column: str = typer.Option("caption", "--caption-column"),

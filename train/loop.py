@@ -14,8 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import (EXPORT_DIR, export_model, find_latest, load_checkpoint, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import (
+    EXPORT_DIR,
+    export_model,
+    find_latest,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import TrainConfig
 from .corpus import Corpus, read_corpus
 from .data import EpochBatches, build_split, split_by_image, train_loader
@@ -25,7 +32,7 @@ from .eval import evaluate, flatten
 from .images import train_side
 from .loss import make_loss
 from .metrics import MetricsLog, plot_curves
-from .model import apply_locks, build_model, default_model
+from .model import apply_locks, build_model, check_model_name, default_model
 from .optim import WarmupCosine, make_optimizer, warmup_steps
 from .step import accumulate_gradients, optimizer_step, unwrap
 
@@ -87,6 +94,11 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         cfg.lr = LR_FINETUNE if cfg.from_weights else LR_SCRATCH
     precision = resolve_precision(cfg.precision, d.device)
     seed_everything(cfg.seed)
+    check_model_name(cfg)
+    if cfg.resume and cfg.resume != "latest" and not Path(cfg.resume).is_file():
+        raise TrainConfigError(f"--resume {cfg.resume}: no checkpoint found")
+    if cfg.resume == "latest" and find_latest(output) is None:
+        raise TrainConfigError(f"--resume latest: no checkpoint found in {output / 'checkpoints'}")
 
     # Everything that can be wrong is checked here, before the first step.
     corpus = read_corpus(cfg.data, cfg.image_column, cfg.caption_column, cfg.label_column)

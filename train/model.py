@@ -41,6 +41,19 @@ def default_model(model: str | None, pretrained: str | None, checkpoint: str | N
     return model, pretrained
 
 
+def check_model_name(cfg: TrainConfig) -> None:
+    """An unknown architecture is reported before the corpus is read or decoded."""
+    import open_clip
+
+    import encoders  # noqa: F401  (registers the built-in architecture with open_clip)
+
+    if cfg.checkpoint and Path(cfg.checkpoint).is_dir():
+        return
+    if cfg.model not in open_clip.list_models():
+        raise TrainConfigError(f"unknown model {cfg.model!r}; see open_clip.list_models() "
+                               "(e.g. ViT-B-32, RN50, clipsearch-tiny)")
+
+
 def _transforms(model: torch.nn.Module):
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
