@@ -64,7 +64,7 @@ def seed_everything(seed: int) -> None:
 
 def default_workers(in_memory: bool) -> int:
     if in_memory:
-        return 0  # pictures are decoded already: cropping in the main process keeps every core on the model
+        return 1  # pictures are decoded already: one process crops ahead while the model computes
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
