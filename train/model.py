@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,11 @@ def build_model(cfg: TrainConfig, device: torch.device) -> Built:
     if not cfg.from_weights:  # from scratch: the run's seed decides the initial weights
         torch.manual_seed(cfg.seed)
         kwargs = dict(init_logit_scale=SIGLIP_INIT_SCALE, init_logit_bias=SIGLIP_INIT_BIAS) if siglip else {}
-        model = open_clip.create_model(name, device=device, **kwargs)
+        logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": that is the point here
+        try:
+            model = open_clip.create_model(name, device=device, **kwargs)
+        finally:
+            logging.disable(logging.NOTSET)
     else:
         try:
             spec = ModelSpec.from_options(None if name.startswith("local-dir:") else name,
