@@ -168,7 +168,7 @@ def test_kill_9_of_the_cli_leaves_no_orphans_and_completes(corpus, reference, tm
 
     library = tmp_path / "lib"
     rng = random.Random(11)
-    for _ in range(2):
+    for _ in range(int(os.environ.get("CLIPSEARCH_CLI_KILLS", "1"))):
         process = start_cli(corpus, library)
         wait_for_rows(process, library)
         time.sleep(rng.uniform(0, 1.5))

@@ -1,0 +1,175 @@
+"""Issue 5, "under fire": queries while indexing writes, two writers at once, a full disk, a read-only library."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY, make_pictures, run_cli
+
+import indexer
+from indexer.store import Picture
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def start_cli(corpus: Path, library: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "search.cli", "index", str(corpus), "--library", str(library),
+                             *TINY, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_queries_while_indexing_never_fail_or_see_torn_state(tmp_path, tiny_encoder):
+    from search.engine import SearchEngine
+
+    corpus = tmp_path / "pictures"
+    make_pictures(corpus / "first", 20)
+    library = tmp_path / "lib"
+    indexer.index_folders(indexer.Library.open(library, create=True), tiny_encoder, [corpus])
+    make_pictures(corpus / "second", 160, start=100)
+    writer = start_cli(corpus, library, "--batch-size", "4")
+    engine = SearchEngine(library, encoder=tiny_encoder)
+    queries, generations = 0, set()
+    query_vector = tiny_encoder.encode_texts(["a red circle"])[0]
+    while writer.poll() is None or queries < 5:
+        results = engine.query(text="a red circle", top_k=50)
+        generations.add(engine.vectors.generation)
+        assert results, "a library with pictures never answers nothing"
+        assert len({r.id for r in results}) == len(results)
+        rows = engine.library.store.pictures(r.id for r in results)
+        for r in results:
+            assert Path(r.path).is_relative_to(corpus)
+            # the FAISS vector behind each score is the database's vector for that row: nothing torn
+            stored = np.frombuffer(rows[r.id].vector, dtype=np.float32)
+            assert abs(float(stored @ query_vector) - r.score) < 1e-4
+        scores = [r.score for r in results]
+        assert scores == sorted(scores, reverse=True)
+        queries += 1
+    out, err = writer.communicate()
+    assert writer.returncode == 0, err
+    assert len(generations) > 1, "the queries did not overlap the writes"
+    assert len(engine.query(text="a red circle", top_k=500)) == 180
+
+
+def test_second_writer_is_refused_clearly(tmp_path, tiny_encoder):
+    corpus = tmp_path / "pictures"
+    make_pictures(corpus, 120)
+    library = tmp_path / "lib"
+    first = start_cli(corpus, library, "--batch-size", "4")
+    deadline = time.monotonic() + 120
+    while not (library / "library.lock").is_file() or not (library / "library.lock").read_text().strip():
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    # an in-process writer is refused at once, and told who holds the library
+    with pytest.raises(indexer.LibraryBusy, match=rf"process {first.pid}\b"):
+        indexer.index_folders(indexer.Library.open(library), tiny_encoder, [corpus])
+    # a second CLI run: exit code 2 and one clear line, unless the first one already finished
+    second = run_cli("index", str(corpus), "--library", str(library), *TINY)
+    if first.poll() is None:
+        assert second.returncode == 2, second.stderr
+        assert "another `search index`" in second.stderr and "Traceback" not in second.stderr
+    _, err = first.communicate()
+    assert first.returncode == 0, err
+    lib = indexer.Library.open(library)
+    assert lib.store.counts() == {"pictures": 120, "failed": 0}
+    assert lib.vector_index().ntotal == 120
+
+
+def test_waiting_writer_gets_the_library_when_it_is_free(tmp_path, tiny_encoder):
+    library = indexer.Library.open(tmp_path / "lib", create=True)
+    other = indexer.Library.open(tmp_path / "lib")
+    entered = threading.Event()
+
+    def hold():
+        with library.writer_lock():
+            entered.set()
+            time.sleep(1.0)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    entered.wait(10)
+    started = time.monotonic()
+    with other.writer_lock(wait=30):
+        assert time.monotonic() - started > 0.5
+    holder.join()
+
+
+# -- full disk, read-only folder: needs root to mount a small tmpfs -----------------------------------
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    point = tmp_path / f"mnt-{uuid.uuid4().hex[:6]}"
+    point.mkdir()
+
+    def mount(size: str) -> Path:
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        return point
+
+    yield mount
+    subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _consistent(library: Path) -> int:
+    lib = indexer.Library.open(library)
+    with lib.store.session() as s:
+        rows = list(s.query(Picture).filter(Picture.status == indexer.OK))
+    index = lib.vector_index()
+    assert index.ntotal == len(rows)
+    return len(rows)
+
+
+def test_disk_full_gives_a_clear_message_and_keeps_the_library(tmp_path, small_mount):
+    mount = small_mount("3m")
+    library = mount / "lib"
+    corpus = tmp_path / "pictures"
+    make_pictures(corpus / "a", 10)
+    run_cli("index", str(corpus), "--library", str(library), *TINY, check=True)
+    before = _consistent(library)
+    make_pictures(corpus / "b", 400, start=10)
+    filler = mount / "filler"
+    with open(filler, "wb") as f:  # leave almost nothing free
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    result = run_cli("index", str(corpus), "--library", str(library), *TINY, "--batch-size", "8")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "full" in result.stderr and "Traceback" not in result.stderr
+    filler.unlink()
+    assert _consistent(library) >= before  # what was committed is intact, nothing half-written
+    done = run_cli("index", str(corpus), "--library", str(library), *TINY, "--json", check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["failed"] == 0
+    assert _consistent(library) == 410
+
+
+def test_read_only_library_gives_a_clear_message_and_is_left_as_it_was(tmp_path, small_mount):
+    mount = small_mount("20m")
+    library = mount / "lib"
+    corpus = tmp_path / "pictures"
+    make_pictures(corpus, 6)
+    run_cli("index", str(corpus), "--library", str(library), *TINY, check=True)
+    make_pictures(corpus, 4, start=50)
+    before = _fingerprint(library)
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True, text=True)
+    if remount.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {remount.stderr.strip()}")
+    result = run_cli("index", str(corpus), "--library", str(library), *TINY)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "read-only" in result.stderr and "Traceback" not in result.stderr
+    assert _fingerprint(library) == before
