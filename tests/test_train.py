@@ -52,16 +52,17 @@ def short_run(shapes, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------ (1) it learns, then searches
 
 
+@pytest.mark.timeout(1800)  # ~1 min on an idle 2-core machine; generous for a shared one
 def test_learns_shapes_and_colours_then_searches(tmp_path):
     from train.eval import evaluate_checkpoint
     from train.loop import train
 
-    make_shapes_corpus(tmp_path / "train", per_class=24, seed=1)
+    make_shapes_corpus(tmp_path / "train", per_class=32, seed=1)
     make_shapes_corpus(tmp_path / "test", per_class=6, seed=2)
     templates = tmp_path / "templates.txt"
     templates.write_text("a {}\n{}\n")
     out = tmp_path / "run"
-    summary = train(_config(data=[str(tmp_path / "train" / "captions.csv")], output=str(out), epochs=12,
+    summary = train(_config(data=[str(tmp_path / "train" / "captions.csv")], output=str(out), epochs=15,
                             batch_size=32, lr=2e-3, label_column="label", templates=str(templates),
                             val_data=[str(tmp_path / "test" / "captions.csv")]))
     assert (out / "model" / "open_clip_model.safetensors").is_file()
@@ -181,6 +182,7 @@ def test_accumulation_equals_full_batch():
 # ------------------------------------------------------------------ (3) resume mid-epoch
 
 
+@pytest.mark.timeout(1800)
 def test_resume_mid_epoch_reproduces_loss_curve(shapes, short_run, tmp_path):
     from train.loop import train
 
@@ -381,6 +383,7 @@ def test_recall_counts_every_picture_with_the_caption():
 @pytest.mark.skipif(not (SHARED_DATA / "emoji-google" / "captions.csv").is_file()
                     or not (SHARED_DATA / "emoji-twitter" / "captions.csv").is_file(),
                     reason=f"emoji corpora not found under {SHARED_DATA}")
+@pytest.mark.timeout(1800)
 def test_emoji_google_to_twitter(tmp_path):
     from train.eval import evaluate_checkpoint
     from train.loop import train
