@@ -26,7 +26,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .corpus import Corpus, read_corpus
 from .data import EpochBatches, build_split, split_by_image, train_loader
-from .distributed import Dist, barrier, broadcast_object, init_distributed, shutdown
+from .distributed import Dist, all_reduce_mean, barrier, broadcast_object, init_distributed, shutdown
 from .errors import TrainConfigError
 from .eval import evaluate, flatten
 from .images import train_side
@@ -37,6 +37,7 @@ from .optim import WarmupCosine, make_optimizer, warmup_steps
 from .step import accumulate_gradients, optimizer_step, unwrap
 
 LR_SCRATCH, LR_FINETUNE = 1e-3, 1e-5
+RESUME_KEYS = ("batch_size", "accum_steps", "epochs", "seed", "loss", "model", "data")
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
@@ -155,6 +156,13 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             raise TrainConfigError(f"--resume {cfg.resume}: no checkpoint found"
                                    + (f" in {output / 'checkpoints'}" if cfg.resume == "latest" else ""))
         state = load_checkpoint(Path(path))
+        saved = state.get("config", {})
+        changed = [k for k in RESUME_KEYS if k in saved and saved[k] != getattr(cfg, k)]
+        if changed:
+            raise TrainConfigError(f"--resume {path}: it was trained with other "
+                                   + ", ".join(f"--{k.replace('_', '-')} ({saved[k]} vs {getattr(cfg, k)})"
+                                               for k in changed)
+                                   + "; resume with the same settings or start a new --output")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -235,7 +243,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             in_epoch += 1
             trained_samples += samples_per_step
             window_samples += samples_per_step
-            loss_value = loss.item()
+            loss_value = all_reduce_mean(d, loss.item())  # each rank holds the loss of its own rows
             if not math.isfinite(loss_value):
                 raise RuntimeError(f"loss is {loss_value} at step {step}: lower --lr or use --precision fp32")
             now = time.time()

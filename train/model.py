@@ -50,6 +50,8 @@ def check_model_name(cfg: TrainConfig) -> None:
 
     if cfg.checkpoint and Path(cfg.checkpoint).is_dir():
         return
+    if cfg.checkpoint and not cfg.model:
+        raise TrainConfigError(f"--checkpoint {cfg.checkpoint} is a weights file: name its architecture with --model")
     if cfg.model not in open_clip.list_models():
         raise TrainConfigError(f"unknown model {cfg.model!r}; see open_clip.list_models() "
                                "(e.g. ViT-B-32, RN50, clipsearch-tiny)")
