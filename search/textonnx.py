@@ -157,7 +157,13 @@ class OnnxTextEncoder:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        options.intra_op_num_threads = min(4, os.cpu_count() or 1)
+        # Graph optimisation costs ~1 s at every load of a ViT-B-32 tower and saves nothing measurable
+        # on one short query (measured: load 2.4 s → 1.4 s, run 0.30 s → 0.31 s, on a busy 2-core machine).
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        from .fastpath import busy
+
+        options.intra_op_num_threads = 1 if busy() else min(4, os.cpu_count() or 1)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.meta = meta
         self.dim = int(meta["embed_dim"])
