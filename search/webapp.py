@@ -27,6 +27,15 @@ from search.library import resolve_library_dir
 log = logging.getLogger("clipsearch.app")
 
 GRID_COLUMNS = 5
+THUMB_HEIGHT = 170  # pixels: every card's picture box, whatever the picture's shape
+# Cards of equal height, and file names that wrap at word boundaries.
+PAGE_STYLE = f"""<style>
+[class*="st-key-result-"] [data-testid="stImage"] img {{
+  height: {THUMB_HEIGHT}px; width: 100%; object-fit: contain; background: #f6f6f8; border-radius: 4px;
+}}
+[class*="st-key-result-"] p {{ overflow-wrap: anywhere; margin-bottom: 0; }}
+.block-container {{ padding-top: 2.5rem; }}
+</style>"""
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif"]
 MAX_UPLOAD_MB = 50
 SORTS = {"score": "Best match", "date": "Newest first", "path": "File path"}
@@ -257,7 +266,18 @@ def show_picture(opened: Opened, result) -> None:
         st.rerun()  # close the dialog and show the new results
 
 
+def shown_folder(path: Path, roots: list[str]) -> str:
+    """A picture's folder as the user knows it: relative to the indexed folder that holds it."""
+    for root in sorted(roots, key=len, reverse=True):
+        root_path = Path(root)
+        if path.parent == root_path or root_path in path.parent.parents:
+            relative = path.parent.relative_to(root_path)
+            return f"{root_path.name}/{relative}" if str(relative) != "." else root_path.name
+    return str(path.parent)
+
+
 def results_grid(opened: Opened, results) -> None:
+    roots = [root.path for root in opened.engine.library.store.roots()]
     for start in range(0, len(results), GRID_COLUMNS):
         columns = st.columns(GRID_COLUMNS)
         for column, result in zip(columns, results[start:start + GRID_COLUMNS], strict=False):
@@ -265,12 +285,13 @@ def results_grid(opened: Opened, results) -> None:
                 path = Path(result.path)
                 show_thumbnail(opened, result.id)
                 st.markdown(f"**{result.score:.3f}** · {path.name}")
-                st.caption(str(path.parent))
+                st.caption(shown_folder(path, roots), help=str(path))
                 with st.container(horizontal=True, gap="small"):
-                    if st.button("View", key=f"view-{result.id}", icon=":material/open_in_full:"):
+                    # No help= tooltips here: Streamlit renders a button with one twice, on every card.
+                    if st.button("View", key=f"view-{result.id}", icon=":material/open_in_full:", type="tertiary"):
                         show_picture(opened, result)
                     st.button("More like this", key=f"more-{result.id}", on_click=search_like, args=(result.id,),
-                              icon=":material/image_search:")
+                              icon=":material/image_search:", type="tertiary")
 
 
 def run_query(opened: Opened, text: str, picture, weight: float, options: dict):
@@ -294,6 +315,7 @@ def page() -> None:
     from indexer import LibraryError, ModelMismatch
     from search import QueryError
 
+    st.html(PAGE_STYLE)
     st.title("Picture search")
     st.sidebar.header("Library")
     if "library" not in st.session_state:

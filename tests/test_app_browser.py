@@ -126,6 +126,12 @@ def first_card(page):
     return page.locator('[class*="st-key-result-"]').first
 
 
+def click_when_settled(locator) -> None:
+    """Click once Streamlit has finished replacing the element (mid-rerun, old and new can both be there)."""
+    sync_api.expect(locator).to_have_count(1, timeout=UI_TIMEOUT)
+    locator.click()
+
+
 def test_search_in_a_real_browser(library, browser, tmp_path):
     port = free_port()
     server = start_server([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port",
@@ -157,13 +163,13 @@ def test_search_in_a_real_browser(library, browser, tmp_path):
 
         # More like this, under another result: that picture comes first, the upload is gone.
         other = library["pictures"][6]
-        page.locator(f'.st-key-more-{library["ids"][other]} button').click()
+        click_when_settled(page.locator(f'.st-key-more-{library["ids"][other]} button'))
         expect(page.get_by_text(f"Pictures like {other.name}")).to_be_visible(timeout=UI_TIMEOUT)
         expect(first_card(page)).to_contain_text(other.name, timeout=UI_TIMEOUT)
         expect(first_card(page)).to_contain_text("1.000")
 
         # View: the picture large, with its path.
-        first_card(page).get_by_role("button", name="View").click()
+        click_when_settled(first_card(page).get_by_role("button", name="View"))
         dialog = page.get_by_role("dialog")
         expect(dialog).to_contain_text(str(other), timeout=UI_TIMEOUT)
         expect(dialog.locator("img")).to_be_visible()
