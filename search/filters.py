@@ -99,7 +99,9 @@ class Filters:
 
     def sqlite_where(self) -> tuple[str, list]:
         """A WHERE clause over the ``pictures`` table, with its parameters, for the sqlite3 module."""
-        clauses, params = ["status = 'ok'"], []
+        # "+status": every row is 'ok', so its index selects nothing; without the '+' SQLite picks it
+        # over the path index and scans the whole table (measured 0.5 s instead of 2 ms at 100k rows).
+        clauses, params = ["+status = 'ok'"], []
         if self.under is not None:
             clauses.append("path >= ? AND path < ?")
             params += list(self.under_prefix())
@@ -131,7 +133,7 @@ class Filters:
         from indexer.store import OK, Picture, under_clause
         from indexer.tags import PictureTag
 
-        out = [Picture.status == OK]
+        out = [(Picture.status + "") == OK]  # not the status index: see sqlite_where
         if self.under is not None:
             out += list(under_clause(self.under))
         if self.after is not None:
