@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
@@ -44,22 +45,39 @@ class Thumbnails:
 
     def get(self, row_id: int, size: int = GRID_SIZE) -> bytes:
         """JPEG bytes of the row's picture, at most ``size`` pixels on its longest side."""
-        rows = self.library.store.pictures([int(row_id)])
-        row = rows.get(int(row_id))
-        if row is None:
+        row = self.library.store.pictures([int(row_id)]).get(int(row_id))
+        return self._get(row_id, row.path if row is not None else None, size)
+
+    def get_many(self, row_ids: list[int], size: int = GRID_SIZE, workers: int = 4) -> dict[int, bytes | PreviewError]:
+        """Previews of a page of results: one database query, missing ones made in parallel
+        (decoding releases the GIL); a picture that cannot be shown maps to its PreviewError."""
+        rows = self.library.store.pictures(int(i) for i in row_ids)
+
+        def one(row_id: int) -> bytes | PreviewError:
+            row = rows.get(int(row_id))
+            try:
+                return self._get(row_id, row.path if row is not None else None, size)
+            except PreviewError as e:
+                return e
+
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(row_ids)))) as pool:
+            return dict(zip(row_ids, pool.map(one, row_ids), strict=True))
+
+    def _get(self, row_id: int, path: str | None, size: int) -> bytes:
+        if path is None:
             raise PreviewError(f"picture #{row_id} is no longer in the library")
-        path = row.path
         try:
             st = os.stat(path)
         except OSError as e:
             raise PreviewError(f"{path} cannot be read: {e.strerror or e}") from e
-        name = f"{row.id}-{size}-{st.st_size}-{st.st_mtime_ns}.jpg"
+        name = f"{row_id}-{size}-{st.st_size}-{st.st_mtime_ns}.jpg"
         cached = self._read(name)
         if cached is not None:
             return cached
         data = make_preview(path, size)
-        self.made += 1
-        self._write(name, data, stale_prefix=f"{row.id}-{size}-")
+        with self._lock:
+            self.made += 1
+        self._write(name, data, stale_prefix=f"{row_id}-{size}-")
         return data
 
     def _read(self, name: str) -> bytes | None:

@@ -231,13 +231,18 @@ def query_box(opened: Opened):
     return text, picture, label, weight
 
 
-def show_thumbnail(opened: Opened, row_id: int, width: int | str = "stretch", size: int | None = None) -> bool:
+def show_thumbnail(opened: Opened, row_id: int, width: int | str = "stretch", size: int | None = None,
+                   data=None) -> bool:
+    """A preview of a library row (made now unless ``data`` holds it already, or the reason it can't be shown)."""
     from search.thumbnails import GRID_SIZE, PreviewError
 
-    try:
-        data = opened.thumbs.get(row_id, size or GRID_SIZE)
-    except PreviewError as e:
-        st.warning(str(e), icon=":material/broken_image:")
+    if data is None:
+        try:
+            data = opened.thumbs.get(row_id, size or GRID_SIZE)
+        except PreviewError as e:
+            data = e
+    if isinstance(data, PreviewError):
+        st.warning(str(data), icon=":material/broken_image:")
         return False
     st.image(data, width=width)
     return True
@@ -278,12 +283,13 @@ def shown_folder(path: Path, roots: list[str]) -> str:
 
 def results_grid(opened: Opened, results) -> None:
     roots = [root.path for root in opened.engine.library.store.roots()]
+    thumbnails = opened.thumbs.get_many([r.id for r in results])
     for start in range(0, len(results), GRID_COLUMNS):
         columns = st.columns(GRID_COLUMNS)
         for column, result in zip(columns, results[start:start + GRID_COLUMNS], strict=False):
             with column, st.container(border=True, key=f"result-{result.id}"):
                 path = Path(result.path)
-                show_thumbnail(opened, result.id)
+                show_thumbnail(opened, result.id, data=thumbnails[result.id])
                 st.markdown(f"**{result.score:.3f}** · {path.name}")
                 st.caption(shown_folder(path, roots), help=str(path))
                 with st.container(horizontal=True, gap="small"):

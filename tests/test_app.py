@@ -320,3 +320,26 @@ def test_grid_thumbnails_are_cached_on_disk(monkeypatch, library):
     assert len(made) >= 12
     at.text_input(key="q").input("a yellow square").run()
     assert {p.name: p.stat().st_mtime_ns for p in thumbs.glob("*.jpg")} == made
+
+
+def test_a_page_of_thumbnails_at_once(library, tmp_path):
+    from search.thumbnails import PreviewError
+
+    lib = Library.open(library["dir"])
+    thumbs = Thumbnails(lib, folder=tmp_path / "thumbs")
+    ids = list(library["ids"].values())
+    page = thumbs.get_many([*ids, 10_000])
+    assert [page[i] for i in ids] == [thumbs.get(i) for i in ids] and thumbs.made == len(ids)
+    assert isinstance(page[10_000], PreviewError)
+
+
+def test_a_vanished_picture_shows_a_note_not_an_error(monkeypatch, tmp_path, encoder):
+    pictures = make_pictures(tmp_path / "pictures", COLOURS[:3])
+    lib = Library.open(tmp_path / "library", create=True)
+    index_folders(lib, encoder, [tmp_path / "pictures"])
+    pictures[1].unlink()  # gone since it was indexed
+    at = open_app(monkeypatch, tmp_path / "library")
+    at.text_input(key="q").input("shapes").run()
+    assert not at.exception and not at.error
+    assert len(result_names(at)) == 3 and len(at.image) == 2
+    assert f"{pictures[1]} cannot be read" in texts(at.warning)
