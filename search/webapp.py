@@ -253,9 +253,11 @@ def show_picture(opened: Opened, result) -> None:
     from search.thumbnails import VIEW_SIZE
 
     path = Path(result.path)
-    show_thumbnail(opened, result.id, size=VIEW_SIZE)
-    st.markdown(f"**{path.name}**")
-    st.code(str(path), language=None)
+    picture, details = st.columns([3, 2])
+    with picture:  # natural size up to the column: a small picture is not blown up
+        show_thumbnail(opened, result.id, width="content", size=VIEW_SIZE)
+    details.markdown(f"**{path.name}**")
+    details.code(str(path), language=None, wrap_lines=True)
     size = f"{result.width} × {result.height} pixels" if result.width and result.height else "unknown"
     facts = {
         "Score": f"{result.score:.3f}",
@@ -265,8 +267,8 @@ def show_picture(opened: Opened, result) -> None:
         "Modified": result.modified.strftime("%Y-%m-%d %H:%M"),
         "Folder": str(path.parent),
     }
-    st.markdown("\n".join(f"- **{k}:** {v}" for k, v in facts.items()))
-    if st.button("More like this", key=f"dialog-more-{result.id}", icon=":material/image_search:",
+    details.markdown("\n".join(f"- **{k}:** {v}" for k, v in facts.items()))
+    if details.button("More like this", key=f"dialog-more-{result.id}", icon=":material/image_search:",
                  on_click=search_like, args=(result.id,)):
         st.rerun()  # close the dialog and show the new results
 
