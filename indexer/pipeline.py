@@ -70,6 +70,7 @@ class IndexSummary:
     duplicates: int = 0  # exact copies of a picture already embedded: vector copied, not encoded
     embedded: int = 0  # pictures that went through the image encoder
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of this process and its decode workers during the run
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -135,7 +136,7 @@ class IndexRun:
         self.moved_hashes: set[str] = set()
 
     def run(self, roots: list[str]) -> IndexSummary:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), _cpu_seconds()
         self.library.adopt_or_check_model(self.encoder.fingerprint)
         self.vectors = self.library.vector_index(writer=True)
         scanned = {f.path: f for f in scan(roots, self.options.scan)}
@@ -173,6 +174,7 @@ class IndexRun:
         self.vectors.save(self.library.folder, self.store)
         self.store.mark_indexed(roots)
         self.summary.seconds = time.perf_counter() - started
+        self.summary.cpu_seconds = _cpu_seconds() - cpu_started
         return self.summary
 
     def _prepared(self, files: Iterable) -> Iterator[Prepared]:
@@ -308,6 +310,13 @@ def index_folders(library: Library, encoder: ClipEncoder, roots: Iterable[str | 
             if problem is None:
                 raise
             raise problem from e
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    me, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + workers.ru_utime + workers.ru_stime
 
 
 def _can_fork() -> bool:

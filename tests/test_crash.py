@@ -164,7 +164,7 @@ def test_kill_9_at_many_random_points(corpus, reference, tmp_path, tiny_encoder)
 
 
 def test_kill_9_of_the_cli_leaves_no_orphans_and_completes(corpus, reference, tmp_path):
-    import psutil
+    psutil = pytest.importorskip("psutil")
 
     library = tmp_path / "lib"
     rng = random.Random(11)
