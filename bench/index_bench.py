@@ -83,7 +83,13 @@ def make_photo(path: Path, index: int, pictures: list[str], width: int = 4000, h
     rng = np.random.default_rng(1000 + index)
     canvas = _texture(rng, width, height)
     for _ in range(int(rng.integers(1, 4))):
-        art = Image.open(pictures[int(rng.integers(len(pictures)))]).convert("RGBA")
+        choice = int(rng.integers(len(pictures)))
+        while True:  # openclipart holds one 623-megapixel PNG: take the next picture instead
+            try:
+                art = Image.open(pictures[choice]).convert("RGBA")
+                break
+            except Image.DecompressionBombError:
+                choice = (choice + 1) % len(pictures)
         scale = float(rng.uniform(0.25, 0.6)) * min(width, height) / max(art.size)
         art = art.resize((max(1, int(art.width * scale)), max(1, int(art.height * scale))), Image.BICUBIC)
         x = int(rng.integers(0, max(1, width - art.width)))
