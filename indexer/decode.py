@@ -14,6 +14,7 @@ from encoders import prepare_image
 
 # 200 megapixels: beyond any camera (a 100 MP medium-format frame fits), far below a bomb.
 MAX_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 EXIF_DATE_TAKEN = 0x9003  # DateTimeOriginal, in the Exif sub-IFD
 EXIF_IFD = 0x8769
 EXIF_DATETIME = 0x0132
@@ -63,7 +64,8 @@ def decode_picture(data: bytes, min_side: int, max_pixels: int = MAX_PIXELS) -> 
         raise DecodeError("empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit below decides; Pillow's default (89 MP) would refuse real clip art.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
@@ -76,7 +78,9 @@ def decode_picture(data: bytes, min_side: int, max_pixels: int = MAX_PIXELS) -> 
             image.load()
     except DecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:  # Pillow's backstop, at twice our limit
+        raise DecodeError(f"too many pixels: over the limit of {max_pixels:,}") from e
+    except UnidentifiedImageError as e:
         raise DecodeError(_reason(e)) from e
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, MemoryError, IndexError, KeyError) as e:
         # Pillow signals corrupt data through many exception types.
