@@ -125,15 +125,22 @@ def _fingerprint(folder: Path) -> dict[str, str]:
 
 def _consistent(library: Path) -> int:
     lib = indexer.Library.open(library)
-    with lib.store.session() as s:
-        rows = list(s.query(Picture).filter(Picture.status == indexer.OK))
-    index = lib.vector_index()
-    assert index.ntotal == len(rows)
-    return len(rows)
+    try:
+        with lib.store.session() as s:
+            rows = list(s.query(Picture).filter(Picture.status == indexer.OK))
+        index = lib.vector_index()
+        assert index.ntotal == len(rows)
+        return len(rows)
+    finally:
+        lib.store.engine.dispose()
 
 
 def _index(library: Path, corpus: Path, encoder) -> indexer.IndexSummary:
-    return indexer.index_folders(indexer.Library.open(library, create=True), encoder, [corpus])
+    lib = indexer.Library.open(library, create=True)
+    try:
+        return indexer.index_folders(lib, encoder, [corpus])
+    finally:
+        lib.store.engine.dispose()  # no database file left open here (a busy mount cannot be remounted)
 
 
 def test_disk_full_gives_a_clear_message_and_keeps_the_library(tmp_path, small_mount, tiny_encoder):
