@@ -222,7 +222,7 @@ class SearchEngine:
         )
 
         folder, fingerprint = self.library.folder, self.record.fingerprint
-        if not onnx_available() or self.library.store.engine.dialect.name != "sqlite":
+        if not onnx_available(export=True) or self.library.store.engine.dialect.name != "sqlite":
             return None
         state = export_state(folder, fingerprint)
         if state != "missing":
@@ -231,7 +231,7 @@ class SearchEngine:
             return export_text_tower(self.encoder, folder)
         except ExportRefused as e:
             record_refusal(folder, fingerprint, str(e))
-        except OSError:  # a read-only library: queries simply stay on PyTorch
+        except (OSError, ImportError):  # a read-only library, or no `onnx` to export with: stay on PyTorch
             pass
         return None
 

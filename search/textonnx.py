@@ -35,8 +35,10 @@ def sidecar_paths(folder: Path, fingerprint: str) -> tuple[Path, Path]:
     return folder / f"text.{fingerprint}.onnx", folder / f"text.{fingerprint}.json"
 
 
-def onnx_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
+def onnx_available(export: bool = False) -> bool:
+    """onnxruntime runs the tower; exporting it (torch.onnx) also needs the `onnx` package."""
+    names = ("onnxruntime", "onnx") if export else ("onnxruntime",)
+    return all(importlib.util.find_spec(name) is not None for name in names)
 
 
 # -- tokenizer (no torch) ---------------------------------------------------------------------
