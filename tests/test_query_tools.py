@@ -277,6 +277,8 @@ def test_export_json_with_vectors(synthetic):
 @pytest.fixture(scope="module")
 def tiny_library(tmp_path_factory):
     """A tiny-model library of 24 drawn pictures, its ONNX tower exported (module-wide: it takes a while)."""
+    pytest.importorskip("onnxruntime", reason="the fast path needs onnxruntime (and onnx to export)")
+    pytest.importorskip("onnx")
     from encoders import ModelSpec, load_encoder
 
     base = tmp_path_factory.mktemp("tiny")
