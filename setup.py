@@ -26,4 +26,7 @@ setup(install_requires=[
     "safetensors>=0.4",
     "typer>=0.12",
     "rich>=13",
+    # Queries start without torch: the text tower runs in ONNX Runtime (search/fastpath.py).
+    "onnxruntime>=1.17",
+    "onnx>=1.15",
 ])

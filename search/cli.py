@@ -438,7 +438,8 @@ def run_app(
 
     page = Path(__file__).with_name("webapp.py")
     command = [sys.executable, "-m", "streamlit", "run", str(page), "--server.address", host,
-               "--server.port", str(port), "--browser.gatherUsageStats", "false", "--",
+               "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--client.toolbarMode", "minimal", "--client.showErrorDetails", "type", "--",
                "--library", str(resolve_library_dir(library))]
     raise typer.Exit(subprocess.call(command))
 
