@@ -57,6 +57,7 @@ class IndexOptions:
     scan: ScanOptions = ScanOptions()
     max_pixels: int = MAX_PIXELS
     decode_timeout: float = DEFAULT_TIMEOUT  # seconds for one file before its decoder is killed
+    lock_wait: float = 0.0  # seconds to wait for another writer to finish before refusing (LibraryBusy)
 
 
 @dataclass
@@ -302,7 +303,7 @@ def index_folders(library: Library, encoder: ClipEncoder, roots: Iterable[str | 
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise MissingRoot(f"root not found: {', '.join(missing)} (is it unmounted? nothing was changed or deleted)")
-    with library.writer_lock():
+    with library.writer_lock(wait=options.lock_wait):
         try:
             return IndexRun(library, encoder, options, progress or Progress()).run(paths)
         except Exception as e:
