@@ -67,6 +67,26 @@ def clean_errors(command: Callable) -> Callable:
     return wrapper
 
 
+ExcludeOption = Annotated[list[str] | None, typer.Option("--exclude", help="Glob of names or paths to skip.")]
+HiddenOption = Annotated[bool, typer.Option("--include-hidden", help="Index hidden files and folders.")]
+BatchOption = Annotated[int | None, typer.Option("--batch-size", min=1, help="Pictures per model batch "
+                                                 "(default: 32 on CPU, 128 on CUDA).")]
+WorkersOption = Annotated[int | None, typer.Option("--workers", min=0, help="Decoding processes (default: one per "
+                                                   "core; 0 = threads in this process).")]
+TimeoutOption = Annotated[float, typer.Option("--decode-timeout", min=1, help="Seconds one file may take to decode "
+                                              "before it is skipped as timed out.")]
+WaitOption = Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for another `search index` on "
+                                           "this library to finish, instead of refusing at once.")]
+
+
+def _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait):
+    import indexer
+
+    return indexer.IndexOptions(batch_size=batch_size, workers=workers, decode_timeout=decode_timeout,
+                                lock_wait=wait, scan=indexer.ScanOptions(excludes=tuple(exclude or ()),
+                                                                         include_hidden=include_hidden))
+
+
 def _model_spec(model, pretrained, checkpoint):
     from encoders import ModelSpec
 
@@ -81,10 +101,12 @@ def index(
     model: ModelOption = None,
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of names or paths to skip.")] = None,
-    include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Index hidden files and folders.")] = False,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decoding threads.")] = None,
+    exclude: ExcludeOption = None,
+    include_hidden: HiddenOption = False,
+    batch_size: BatchOption = None,
+    workers: WorkersOption = None,
+    decode_timeout: TimeoutOption = 60.0,
+    wait: WaitOption = 0.0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
     """Embed every picture under PATHS into the library (incremental: only what changed)."""
@@ -118,9 +140,7 @@ def index(
                 speed = bar.tasks[task].speed
                 bar.update(task, rate=f"{speed:.1f}" if speed else "-")
 
-        options = indexer.IndexOptions(batch_size=batch_size, workers=workers,
-                                       scan=indexer.ScanOptions(excludes=tuple(exclude or ()),
-                                                                include_hidden=include_hidden))
+        options = _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait)
         try:
             summary = indexer.index_folders(lib, encoder, paths, options, BarProgress())
         except KeyboardInterrupt:
@@ -362,10 +382,12 @@ def reindex(
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
     library: LibraryOption = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of names or paths to skip.")] = None,
-    include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Index hidden files and folders.")] = False,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decoding threads.")] = None,
+    exclude: ExcludeOption = None,
+    include_hidden: HiddenOption = False,
+    batch_size: BatchOption = None,
+    workers: WorkersOption = None,
+    decode_timeout: TimeoutOption = 60.0,
+    wait: WaitOption = 0.0,
     keep_old: Annotated[bool, typer.Option("--keep-old", help="Keep the old library as LIBRARY.old.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
@@ -382,9 +404,7 @@ def reindex(
     if record is not None and record.fingerprint == encoder.fingerprint.id:
         typer.echo(f"the library already uses {record.architecture} ({record.weights}): nothing to do")
         return
-    options = indexer.IndexOptions(batch_size=batch_size, workers=workers,
-                                   scan=indexer.ScanOptions(excludes=tuple(exclude or ()),
-                                                            include_hidden=include_hidden))
+    options = _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait)
     try:
         summary = run_reindex(lib, encoder, options, keep_old=keep_old)
     except KeyboardInterrupt:
