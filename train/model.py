@@ -28,18 +28,16 @@ class Built:
 
 
 def default_model(model: str | None, pretrained: str | None, checkpoint: str | None) -> tuple[str | None, str | None]:
-    """ViT-B-32 when nothing is named; the tiny architecture has no pretrained weights."""
-    from encoders import DEFAULT_MODEL, DEFAULT_PRETRAINED, NO_WEIGHTS, TINY_MODEL
+    """The same defaults as indexing: ViT-B-32 with its tag when nothing is named, the tiny one from scratch."""
+    from encoders import ModelError, ModelSpec
 
     if checkpoint:
         return model, None
-    model = model or DEFAULT_MODEL
-    if pretrained is None:
-        pretrained = DEFAULT_PRETRAINED if model == DEFAULT_MODEL else NO_WEIGHTS if model == TINY_MODEL else None
-    if pretrained is None:
-        raise TrainConfigError(f"--model {model}: say where its weights start: --pretrained TAG, "
-                               "--pretrained none (from scratch) or --checkpoint PATH")
-    return model, pretrained
+    try:
+        spec = ModelSpec.from_options(model, pretrained, None)
+    except ModelError as e:
+        raise TrainConfigError(str(e)) from None
+    return spec.model, spec.pretrained
 
 
 def check_model_name(cfg: TrainConfig) -> None:
