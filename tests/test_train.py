@@ -52,19 +52,19 @@ def short_run(shapes, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------ (1) it learns, then searches
 
 
-@pytest.mark.timeout(1800)
-@pytest.mark.xfail(reason="known gap (issue 3): colour is learned at once but shape slowly; held-out zero-shot "
-                          "reaches ~0.6 after 15 epochs (240 steps), not yet the 0.9 target", strict=False)
+@pytest.mark.timeout(600)
 def test_learns_shapes_and_colours_then_searches(tmp_path):
     from train.eval import evaluate_checkpoint
     from train.loop import train
 
-    make_shapes_corpus(tmp_path / "train", per_class=32, seed=1)
+    # Many distinct pictures for few epochs: a small ViT from scratch generalises from the
+    # number of different pictures it sees, not from seeing the same ones again.
+    make_shapes_corpus(tmp_path / "train", per_class=128, seed=1)
     make_shapes_corpus(tmp_path / "test", per_class=6, seed=2)
     templates = tmp_path / "templates.txt"
     templates.write_text("a {}\n{}\n")
     out = tmp_path / "run"
-    summary = train(_config(data=[str(tmp_path / "train" / "captions.csv")], output=str(out), epochs=15,
+    summary = train(_config(data=[str(tmp_path / "train" / "captions.csv")], output=str(out), epochs=6,
                             batch_size=32, lr=2e-3, label_column="label", templates=str(templates),
                             val_data=[str(tmp_path / "test" / "captions.csv")]))
     assert (out / "model" / "open_clip_model.safetensors").is_file()

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from .corpus import Record
 from .errors import TrainConfigError
@@ -155,11 +155,22 @@ class EpochBatches(Sampler):
         return (self.steps_per_epoch - self.start_step) * self.accum
 
 
+def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Cut a batch of token rows after its last end token (the highest id in each row)."""
+    return tokens[:, :int(tokens.argmax(dim=1).max()) + 1]
+
+
+def collate_trimmed(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pixels, tokens, failed = default_collate(batch)
+    return pixels, trim_tokens(tokens), failed
+
+
 def train_loader(split: Split, transform, sampler: EpochBatches, seed: int, workers: int,
-                 pin_memory: bool = False) -> DataLoader:
+                 pin_memory: bool = False, trim_text: bool = False) -> DataLoader:
+    """``trim_text``: token rows cut to the batch's longest caption (for ``TrainingTowers``)."""
     kwargs = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
     return DataLoader(TrainPairs(split, transform, seed), batch_sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, **kwargs)
+                      pin_memory=pin_memory, collate_fn=collate_trimmed if trim_text else None, **kwargs)
 
 
 def eval_loader(split: Split, preprocess, batch_size: int, workers: int = 0) -> DataLoader:

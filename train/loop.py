@@ -32,7 +32,7 @@ from .eval import evaluate, flatten
 from .images import train_side
 from .loss import make_loss
 from .metrics import MetricsLog, plot_curves
-from .model import apply_locks, build_model, check_model_name, default_model
+from .model import TrainingTowers, apply_locks, build_model, check_model_name, default_model
 from .optim import WarmupCosine, make_optimizer, warmup_steps
 from .step import accumulate_gradients, optimizer_step, unwrap
 
@@ -134,8 +134,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             + (" into memory" if train_split.store.in_memory else ""))
 
     sampler = EpochBatches(len(train_split), cfg.batch_size, cfg.accum_steps, d.rank, d.world_size, cfg.seed)
+    towers = TrainingTowers(model)
     loader = train_loader(train_split, built.train_transform, sampler, cfg.seed, workers,
-                          pin_memory=d.device.type == "cuda")
+                          pin_memory=d.device.type == "cuda", trim_text=towers.trims_text)
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
@@ -174,10 +175,10 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         set_rng_state(state["rng"])
         _say(d, f"resumed from {path} at step {step} (epoch {start_epoch + 1}, step {start_in_epoch} of it)")
 
-    ddp_model = model
+    ddp_model = towers
     if d.enabled:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, broadcast_buffers=False)
+            towers, device_ids=[d.local_rank] if d.device.type == "cuda" else None, broadcast_buffers=False)
     if cfg.compile:
         ddp_model = torch.compile(ddp_model)
     no_sync = ddp_model.no_sync if d.enabled and hasattr(ddp_model, "no_sync") else None

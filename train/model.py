@@ -9,11 +9,51 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from open_clip.transformer import text_global_pool
 
 from .config import TrainConfig
 from .errors import TrainConfigError
 
 SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS = math.log(10), -10.0
+
+
+class TrainingTowers(torch.nn.Module):
+    """The training forward of an open_clip ``CLIP``: both towers, normalised, and the temperature.
+
+    A text batch may come trimmed to its longest caption (``data.trim_tokens``): short captions
+    then cost their own length, not the context length (emoji captions fill ≤ 10 of 32
+    positions). Under the causal mask, positions after the end token never reach it, so
+    the pooled features and their gradients are those of the full-length forward. Models
+    whose text tower pools elsewhere, or is not open_clip's built-in one, get full tokens
+    (``trims_text`` is false for them) and run their own forward. The wrapped model is
+    ``module``, as in DDP, so one ``unwrap`` reaches it through both.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.module = model
+        self.trims_text = (isinstance(model, CLIP) and getattr(model, "attn_mask", None) is not None
+                           and model.text_pool_type == "argmax")
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        m, n = self.module, text.shape[1]
+        if not self.trims_text or n == m.positional_embedding.shape[0]:
+            return m.encode_text(text, normalize=True)
+        # open_clip's CLIP.encode_text, on the first n positions
+        cast_dtype = m.transformer.get_cast_dtype()
+        x = m.token_embedding(text).to(cast_dtype) + m.positional_embedding[:n].to(cast_dtype)
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:n, :n]))
+        x = text_global_pool(x, text, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        if m.text_projection is not None:
+            x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
+        return F.normalize(x, dim=-1)
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict:
+        m = self.module
+        return {"image_features": m.encode_image(images, normalize=True), "text_features": self.encode_text(texts),
+                "logit_scale": m.logit_scale.exp(), "logit_bias": getattr(m, "logit_bias", None)}
 
 
 @dataclass
