@@ -181,6 +181,29 @@ def test_accumulation_equals_full_batch():
         _assert_same(loss_a, grads_a, loss, grads)
 
 
+
+def test_trimmed_captions_give_the_full_length_loss_and_gradients():
+    """Token rows cut after the batch's last end token: same loss, same gradients as the full rows."""
+    import open_clip
+
+    from train.data import trim_tokens
+    from train.loss import make_loss
+    from train.model import TrainingTowers
+    from train.step import accumulate_gradients
+
+    tokens = open_clip.get_tokenizer("clipsearch-tiny")(["a red circle", "a picture of a big blue square", "x"] * 2)
+    images = torch.randn(len(tokens), 3, 64, 64)
+    trimmed = trim_tokens(tokens)
+    assert trimmed.shape[1] == 9 < tokens.shape[1]
+    towers = TrainingTowers(_tiny_model())
+    assert towers.trims_text
+    results = []
+    for rows in (tokens, trimmed):
+        towers.zero_grad()
+        loss = accumulate_gradients(towers, make_loss("clip"), [(images, rows)])
+        results.append((loss, _grads(towers.module)))
+    _assert_same(*results[0], *results[1])
+
 # ------------------------------------------------------------------ (3) resume mid-epoch
 
 
