@@ -181,7 +181,6 @@ def test_accumulation_equals_full_batch():
         _assert_same(loss_a, grads_a, loss, grads)
 
 
-
 def test_trimmed_captions_give_the_full_length_loss_and_gradients():
     """Token rows cut after the batch's last end token: same loss, same gradients as the full rows."""
     import open_clip
@@ -203,6 +202,7 @@ def test_trimmed_captions_give_the_full_length_loss_and_gradients():
         loss = accumulate_gradients(towers, make_loss("clip"), [(images, rows)])
         results.append((loss, _grads(towers.module)))
     _assert_same(*results[0], *results[1])
+
 
 # ------------------------------------------------------------------ (3) resume mid-epoch
 

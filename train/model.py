@@ -23,7 +23,7 @@ class TrainingTowers(torch.nn.Module):
     """The training forward of an open_clip ``CLIP``: both towers, normalised, and the temperature.
 
     A text batch may come trimmed to its longest caption (``data.trim_tokens``): short captions
-    then cost their own length, not the context length (emoji captions fill ≤ 10 of 32
+    then cost their own length, not the context length (emoji captions fill ≤ 12 of 32
     positions). Under the causal mask, positions after the end token never reach it, so
     the pooled features and their gradients are those of the full-length forward. Models
     whose text tower pools elsewhere, or is not open_clip's built-in one, get full tokens

@@ -23,7 +23,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, wd: float) -> torch.optim.
     ]
     # One fused kernel over all tensors: on a CPU ~7× faster than the per-tensor loop
     # (10 ms against 68 ms a step for clipsearch-tiny, a quarter of a small-batch step).
-    fused = len({p.device.type for _, p in named}) == 1 and named[0][1].device.type in ("cpu", "cuda")
+    fused = {p.device.type for _, p in named} in ({"cpu"}, {"cuda"})
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
 
 
