@@ -64,9 +64,13 @@ def seed_everything(seed: int) -> None:
 
 
 def default_workers(in_memory: bool) -> int:
+    cores = os.cpu_count() or 2
     if in_memory:
-        return 1  # pictures are decoded already: one process crops ahead while the model computes
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+        # Pictures are decoded already: cropping them is light. With cores to spare one process crops
+        # ahead; on 2 cores it would take a core from the model's threads (measured at batch 32:
+        # 213 samples/s with a worker, 382 without; equal at batch 128).
+        return 1 if cores > 2 else 0
+    return max(1, min(8, cores - 1))
 
 
 def describe_skipped(corpus: Corpus) -> str:
