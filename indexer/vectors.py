@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import tempfile
@@ -18,6 +19,22 @@ INDEX_PATTERN = "vectors.{generation}.faiss"
 def _gpu_count() -> int:
     # The CPU wheel has no GPU symbols; a GPU wheel on a machine without a device reports 0.
     return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+@contextlib.contextmanager
+def _one_thread_for_one_query(n_queries: int):
+    """One query: one OpenMP thread. Exact search over one query is faster on one thread than on two
+    (BENCHMARKS.md, FAISS alone: 8.8 vs 14.5 ms at 100k vectors, 78 vs 153 ms at 1M). OpenMP keeps the
+    thread count per calling thread, so concurrent callers (the app's sessions) do not see each other's."""
+    if n_queries != 1:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 class VectorIndex:
@@ -118,8 +135,9 @@ class VectorIndex:
         k = min(k, self.ntotal if within is None else len(within))
         if k <= 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
-        if within is None:
-            return self._searcher().search(queries, k)
-        # Id selectors run on the CPU index; a scoped search touches few vectors anyway.
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(within, dtype=np.int64))
-        return self.index.search(queries, k, params=faiss.SearchParameters(sel=selector))
+        with _one_thread_for_one_query(len(queries)):
+            if within is None:
+                return self._searcher().search(queries, k)
+            # Id selectors run on the CPU index; a scoped search touches few vectors anyway.
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(within, dtype=np.int64))
+            return self.index.search(queries, k, params=faiss.SearchParameters(sel=selector))
