@@ -4,7 +4,6 @@ an uninterrupted run, and a FAISS file that matches the rows."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import shutil
@@ -142,8 +141,9 @@ def test_kill_9_at_many_random_points(corpus, reference, tmp_path, tiny_encoder)
     kills, min_kills = 0, int(os.environ.get("CLIPSEARCH_CRASH_KILLS", "10"))
     # Rounds go on until enough kills have landed: a run can finish before its kill (the timing run
     # above is the coldest, so later runs are quicker than it predicts).
-    rounds = itertools.count()
-    while (round_ := next(rounds)) < 4 or (kills < min_kills and round_ < 10):
+    for round_ in range(10):
+        if round_ >= 4 and kills >= min_kills:
+            break
         library = tmp_path / f"lib{round_}"
         for _ in range(6):
             remaining = 1 - rows_committed(library) / len(reference)  # aim the kill inside the work left
