@@ -202,7 +202,10 @@ class DecodePool:
                     continue
                 now = time.monotonic()
                 wait_for = max(0.0, min(w.head_started + self.timeout for w in busy) - now)
-                ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=min(wait_for, 0.1))
+                # Only the pipes: a worker closes every inherited descriptor, the write end of its process
+                # sentinel included, so sentinels read as ready at once and waiting on them would spin.
+                # A worker that dies closes its pipe, which reads as end-of-file here.
+                ready = wait([w.conn for w in busy], timeout=min(wait_for, 0.1))
                 with cond:
                     for worker in busy:
                         self._poll(worker, ready, finish, retry)
@@ -256,9 +259,9 @@ class DecodePool:
                         worker.queue.popleft()
                     worker.head_started = time.monotonic()
                     finish(seq, value if ok else self.on_error(self._input_of(seq), value))
-            except (EOFError, OSError):
-                pass
-        if not worker.process.is_alive() or worker.conn.closed:
+            except (EOFError, OSError):  # the worker is gone
+                worker.conn.close()
+        if worker.conn.closed or not worker.process.is_alive():
             worker.process.join(timeout=1)
             code = worker.process.exitcode
             if worker.queue:
