@@ -207,8 +207,11 @@ def search_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]
 
 
-def measure_search_index(folder: Path, model: str, extra: list[str] = (), library: Path | None = None) -> dict:
-    """(c): `search index` in a subprocess; its summary gives the embedding time, we sample its memory."""
+def measure_search_index(folder: Path, model: str, extra: list[str] = (), library: Path | None = None,
+                         sample_memory: bool = False) -> dict:
+    """(c): `search index` in a subprocess; its summary gives the embedding time. With `sample_memory`, the
+    PSS of its process tree is sampled every 0.25 s: never during a speed run, because reading PSS walks the
+    page tables of a 1.5 GB process (~110 ms of CPU a sample here) and would take a third of a core from it."""
     own = library is None
     library = library or Path(tempfile.mkdtemp(prefix="index-bench-lib-"))
     command = [*search_command(), "index", str(folder), "--library", str(library), "--model", model,
@@ -224,12 +227,13 @@ def measure_search_index(folder: Path, model: str, extra: list[str] = (), librar
             stop.wait(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    try:
-        import psutil  # noqa: F401
+    if sample_memory:
+        try:
+            import psutil  # noqa: F401
 
-        sampler.start()
-    except ImportError:
-        pass
+            sampler.start()
+        except ImportError:
+            pass
     out, err = process.communicate()
     wall = time.perf_counter() - started
     stop.set()
@@ -272,6 +276,8 @@ def measure_fast_paths(encoder, batch_size: int, seconds: float, which: list[str
         results["onnxruntime"] = _measure_onnx(encoder, x, reference, seconds)
     if "compile" in which:
         results["torch_compile"] = _measure_compile(encoder, x, reference, seconds)
+    if "int8" in which:
+        results["int8_dynamic"] = _measure_int8(encoder, x, reference, seconds)
     return results
 
 
@@ -344,6 +350,25 @@ def _measure_compile(encoder, x, reference, seconds: float) -> dict:
         return {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
 
 
+def _measure_int8(encoder, x, reference, seconds: float) -> dict:
+    """Dynamic int8 quantization of the visual tower's Linear layers (fbgemm on x86)."""
+    import copy
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
+        visual = torch.ao.quantization.quantize_dynamic(copy.deepcopy(encoder.model.visual), {torch.nn.Linear},
+                                                        dtype=torch.qint8)
+
+    def run():
+        with torch.inference_mode():
+            return torch.nn.functional.normalize(visual(x), dim=-1).numpy()
+
+    return {**_timed(run, len(x), seconds), "min_cosine_vs_fp32": cosine(reference, run())}
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -387,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-large", type=int, default=10000)
     parser.add_argument("--memory-model", default="clipsearch-tiny",
                         help="model of the memory runs (the tiny one keeps a 10k run short; see BENCHMARKS.md)")
-    parser.add_argument("--fast-paths", default="bf16,onnx", help="comma list of bf16,onnx,compile ('' = none)")
+    parser.add_argument("--fast-paths", default="bf16,onnx", help="comma list of bf16,onnx,compile,int8 ('' = none)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: speed,png,memory,fast")
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -441,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         memory = {}
         for n in (args.memory_small, args.memory_large):
             folder, _ = build_corpus(args.out, n, 0, width=800, height=600, quality=85, name=f"memory-{n}")
-            memory[n] = measure_search_index(folder, args.memory_model)
+            memory[n] = measure_search_index(folder, args.memory_model, sample_memory=True)
             print(f"memory: {n:6d} pictures (800×600 JPEGs, {args.memory_model}) {fmt(memory[n])}", flush=True)
         ratio = memory[args.memory_large]["peak_pss_mb"] / memory[args.memory_small]["peak_pss_mb"]
         result["memory"] = {str(k): v for k, v in memory.items()} | {"large_over_small": ratio}
