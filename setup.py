@@ -22,6 +22,7 @@ setup(install_requires=[
     FAISS_BUILDS[choice],
     "sqlalchemy>=2.0",
     "pillow>=10",
+    "simplejpeg>=1.7",  # JPEG decoding at reduced scale without Pillow's buffering (indexer/decode.py)
     "numpy>=1.24",
     "safetensors>=0.4",
     "typer>=0.12",

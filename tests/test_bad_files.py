@@ -167,6 +167,44 @@ def test_pictures_are_embedded_as_displayed(tmp_path, tiny_encoder):
     assert float(first @ tiny_encoder.encode_images([gif.convert("RGB")])[0]) > 0.999
 
 
+def test_fast_jpeg_decoding_gives_pillows_pixels(tmp_path, monkeypatch):
+    """simplejpeg's scaled decode is only a faster way to Pillow's draft decode: same pixels, same EXIF
+    rotation, same size; CMYK and broken files still go through Pillow for its reasons."""
+    from indexer import decode
+
+    assert decode.simplejpeg is not None, "simplejpeg is a dependency: the fast path must be tested"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (1500, 2000, 3), dtype=np.uint8))
+    cases = {
+        "baseline_420.jpg": (big, {"quality": 90}),
+        "progressive.jpg": (big, {"quality": 85, "progressive": True}),
+        "full_chroma_444.jpg": (big, {"quality": 95, "subsampling": 0}),
+        "grey.jpg": (big.convert("L"), {"quality": 90}),
+        "rotated.jpg": (big, {"quality": 90, "exif": exif.tobytes()}),
+        "small.jpg": (draw_picture(3, (150, 100)), {"quality": 90}),
+        "cmyk.jpg": (big.convert("CMYK"), {"quality": 90}),
+    }
+    for name, (image, options) in cases.items():
+        data_path = tmp_path / name
+        image.save(data_path, **options)
+        data = data_path.read_bytes()
+        took_fast_path = decode._simplejpeg_scaled(data, Image.open(data_path), 224) is not None
+        assert took_fast_path == (name != "cmyk.jpg"), name
+        fast = decode.decode_picture(data, 224)
+        with monkeypatch.context() as m:
+            m.setattr(decode, "simplejpeg", None)
+            reference = decode.decode_picture(data, 224)
+        assert fast.image.mode == reference.image.mode == "RGB", name
+        assert np.array_equal(np.asarray(fast.image), np.asarray(reference.image)), name
+        assert (fast.width, fast.height) == (reference.width, reference.height), name
+    assert decode.decode_picture((tmp_path / "rotated.jpg").read_bytes(), 224).image.size[0] < \
+        decode.decode_picture((tmp_path / "baseline_420.jpg").read_bytes(), 224).image.size[0]
+    truncated = (tmp_path / "baseline_420.jpg").read_bytes()[:20000]
+    with pytest.raises(decode.DecodeError, match="truncated"):
+        decode.decode_picture(truncated, 224)
+
+
 def test_hang_crash_and_vanishing_file(tmp_path, tiny_encoder, monkeypatch):
     """A decode that hangs is timed out, a decoder that dies costs its file, a file deleted after the
     scan is simply not there; the run goes on and ends normally."""
