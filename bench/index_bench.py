@@ -227,12 +227,11 @@ def measure_search_index(folder: Path, model: str, extra: list[str] = (), librar
             peak[0] = max(peak[0], _tree_pss(process.pid))
             stop.wait(0.25)
 
-    sampler = threading.Thread(target=sample, daemon=True)
     if sample_memory:
         try:
             import psutil  # noqa: F401
 
-            sampler.start()
+            threading.Thread(target=sample, daemon=True).start()
         except ImportError:
             pass
     out, err = process.communicate()
