@@ -46,8 +46,10 @@ def _max_fd() -> int:
         return 65536
 
 
-def _worker_loop(conn: Connection, others: list[Connection], fn: Callable[[Any], Any]) -> None:
+def _worker_loop(conn: Connection, others: list[Connection], fn: Callable[[Any], Any], nice: int) -> None:
     _die_with_parent()
+    if nice:
+        os.nice(nice)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     for other in others:
         other.close()
@@ -75,9 +77,9 @@ def _worker_loop(conn: Connection, others: list[Connection], fn: Callable[[Any],
 
 
 class _Worker:
-    def __init__(self, ctx, fn, others: list[Connection]):
+    def __init__(self, ctx, fn, others: list[Connection], nice: int):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_loop, args=(child, others, fn), daemon=True)
+        self.process = ctx.Process(target=_worker_loop, args=(child, others, fn, nice), daemon=True)
         self.process.start()
         child.close()
         self.queue: collections.deque[int] = collections.deque()  # seqs sent, oldest first
@@ -100,13 +102,14 @@ class DecodePool:
     """
 
     def __init__(self, fn: Callable[[Any], Any], on_error: Callable[[Any, str], Any], workers: int,
-                 window: int, timeout: float = DEFAULT_TIMEOUT, depth: int = 2):
+                 window: int, timeout: float = DEFAULT_TIMEOUT, depth: int = 2, nice: int = 0):
         self.fn = fn
         self.on_error = on_error
         self.workers_wanted = max(1, workers)
         self.window = max(window, self.workers_wanted * depth)
         self.timeout = timeout
         self.depth = depth
+        self.nice = nice  # added to the workers' niceness
         self.ctx = mp.get_context("fork")
         self.workers: list[_Worker] = []
         self.respawned = 0
@@ -114,7 +117,7 @@ class DecodePool:
     # -- worker management --------------------------------------------------------------
 
     def _spawn(self) -> _Worker:
-        worker = _Worker(self.ctx, self.fn, [w.conn for w in self.workers])
+        worker = _Worker(self.ctx, self.fn, [w.conn for w in self.workers], self.nice)
         self.workers.append(worker)
         return worker
 

@@ -205,6 +205,22 @@ def test_fast_jpeg_decoding_gives_pillows_pixels(tmp_path, monkeypatch):
         decode.decode_picture(truncated, 224)
 
 
+def test_decode_workers_run_below_the_encoder_on_a_cpu():
+    """On a CPU the decoders yield to the encoder's threads (BENCHMARKS.md); with a GPU they are the
+    bottleneck and keep the indexer's priority."""
+    import torch
+
+    from indexer.pipeline import decode_niceness
+    from indexer.workers import DecodePool
+
+    ours = os.nice(0)
+    pool = DecodePool(lambda _: os.nice(0), lambda item, reason: reason, workers=2, window=4,
+                      nice=decode_niceness(torch.device("cpu")))
+    assert set(pool.imap(range(6))) == {min(19, ours + 10)}
+    assert decode_niceness(torch.device("cuda")) == 0
+    assert os.nice(0) == ours  # the indexer itself is untouched
+
+
 def test_hang_crash_and_vanishing_file(tmp_path, tiny_encoder, monkeypatch):
     """A decode that hangs is timed out, a decoder that dies costs its file, a file deleted after the
     scan is simply not there; the run goes on and ends normally."""
