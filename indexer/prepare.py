@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .decode import MAX_PIXELS, DecodeError, content_hash, decode_picture
+from .decode import CONTENT_HASH, MAX_PIXELS, DecodeError, content_hash, decode_picture
 from .scan import ScannedFile
 
 MAX_FILE_BYTES = 1 << 30  # 1 GiB: no picture we can embed is bigger; reading more would only eat memory
@@ -99,7 +99,7 @@ def read_file(path: str) -> bytes:
 
 
 def prepare_file(file: ScannedFile, min_side: int, split: SplitPreprocess, skip: Collection[str] = (),
-                 max_pixels: int = MAX_PIXELS) -> Prepared:
+                 max_pixels: int = MAX_PIXELS, hash_kind: str = CONTENT_HASH) -> Prepared:
     """Everything the encoder needs from one file, or the reason it cannot be had. Never raises."""
     if file.problem:
         return Prepared(file, error=file.problem)
@@ -111,7 +111,7 @@ def prepare_file(file: ScannedFile, min_side: int, split: SplitPreprocess, skip:
         return Prepared(file, error=str(e))
     except OSError as e:
         return Prepared(file, error=f"unreadable: {e.strerror or e}")
-    prepared = Prepared(file, hash=content_hash(data))
+    prepared = Prepared(file, hash=content_hash(data, hash_kind))
     if prepared.hash in skip:  # the same bytes are embedded already: the vector is copied, no decode
         return prepared
     try:

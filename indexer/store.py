@@ -30,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from .decode import content_hash_kind
+
 DB_NAME = "library.db"
 OK = "ok"
 FAILED = "failed"
@@ -188,6 +190,13 @@ class LibraryStore:
                 for row in s.execute(query):
                     states[row.path] = PictureState(*row)
         return states
+
+    def content_hash_kind(self) -> str:
+        """The hash this library's rows were made with (decode.CONTENT_HASHES): new libraries get the
+        current one, older ones keep theirs so that moved and duplicate files are still recognised."""
+        with self.session() as s:
+            digest = s.scalar(select(Picture.content_hash).where(Picture.content_hash.is_not(None)).limit(1))
+        return content_hash_kind(digest)
 
     def embedded_copy(self, content_hash: str) -> dict | None:
         """Vector and picture facts of an embedded file with these exact bytes, to copy to a duplicate."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import zlib
 
 import numpy as np
 import pytest
+import xxhash
 from conftest import OPENCLIPART, draw_picture, make_pictures
+from sqlalchemy import select
 
 from indexer import FAILED, IndexOptions, Library, MissingRoot, ScanOptions, index_folders
 from indexer.store import Picture
@@ -86,6 +89,31 @@ def test_changed_moved_and_deleted_files(photos, library, tiny_encoder):
     assert np.array_equal(after[str(moved)], before[str(photos[1])])
     assert not np.allclose(after[str(photos[0])], before[str(photos[0])])
     assert library.store.counts()["pictures"] == 11
+    assert_faiss_matches_db(library)
+
+
+def test_content_hashes_and_libraries_made_with_the_older_hash(photos, library, tiny_encoder):
+    """New libraries hash with xxh3-128; one made with blake2b-160 keeps it, so its moves and duplicates
+    are still recognised after the upgrade instead of being embedded again."""
+    folder = photos[0].parent
+    index_folders(library, tiny_encoder, [folder])
+    with library.store.session() as s, s.begin():
+        rows = s.query(Picture).all()
+        assert {r.content_hash for r in rows} == {xxhash.xxh3_128_hexdigest(open(r.path, "rb").read()) for r in rows}
+        for row in rows:  # as the version before xxh3 wrote them
+            row.content_hash = hashlib.blake2b(open(row.path, "rb").read(), digest_size=20).hexdigest()
+    before = stored(library)
+
+    moved = folder / "sub" / "renamed.png"
+    moved.parent.mkdir()
+    photos[1].rename(moved)
+    shutil.copy(photos[2], folder / "copy.png")
+    make_pictures(folder, 1, start=40)
+    summary = index_folders(library, tiny_encoder, [folder])
+    assert (summary.moved, summary.duplicates, summary.added, summary.embedded) == (1, 1, 2, 1)
+    assert np.array_equal(stored(library)[str(moved)], before[str(photos[1])])
+    with library.store.session() as s:
+        assert {len(h) for h in s.scalars(select(Picture.content_hash))} == {40}
     assert_faiss_matches_db(library)
 
 
