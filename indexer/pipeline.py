@@ -82,6 +82,7 @@ class IndexSummary:
     embedded: int = 0  # pictures that went through the image encoder
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU time of this process and its decode workers during the run
+    decode_cpu_seconds: float = 0.0  # the decode workers' part of it (0 when decoding runs in threads)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -147,7 +148,7 @@ class IndexRun:
         self.moved_hashes: set[str] = set()
 
     def run(self, roots: list[str]) -> IndexSummary:
-        started, cpu_started = time.perf_counter(), _cpu_seconds()
+        started, (own_cpu, workers_cpu) = time.perf_counter(), _cpu_seconds()
         self.library.adopt_or_check_model(self.encoder.fingerprint)
         self.vectors = self.library.vector_index(writer=True)
         scanned = {f.path: f for f in scan(roots, self.options.scan)}
@@ -185,19 +186,21 @@ class IndexRun:
         self.vectors.save(self.library.folder, self.store)
         self.store.mark_indexed(roots)
         self.summary.seconds = time.perf_counter() - started
-        self.summary.cpu_seconds = _cpu_seconds() - cpu_started
+        own_now, workers_now = _cpu_seconds()
+        self.summary.decode_cpu_seconds = workers_now - workers_cpu
+        self.summary.cpu_seconds = own_now - own_cpu + self.summary.decode_cpu_seconds
         return self.summary
 
     def _prepared(self, files: Iterable) -> Iterator[Prepared]:
         """Files → Prepared, in order, decoded ahead of the encoder by worker processes."""
         min_side = min(self.encoder.image_size)
         skip = frozenset(self.known_hashes) | frozenset(self.gone_by_hash)
-        split, max_pixels = self.split, self.options.max_pixels
+        split, max_pixels, hash_kind = self.split, self.options.max_pixels, self.store.content_hash_kind()
         workers = self.options.workers if self.options.workers is not None else default_workers(self.encoder.device)
         window = max(2 * self.batch_size, 4 * max(workers, 1))
 
         def work(file):
-            return prepare_file(file, min_side, split, skip, max_pixels)
+            return prepare_file(file, min_side, split, skip, max_pixels, hash_kind)
 
         if workers == 0 or not _can_fork():
             return _ordered_map(work, files, max(1, workers or available_cores()), window)
@@ -323,11 +326,12 @@ def index_folders(library: Library, encoder: ClipEncoder, roots: Iterable[str | 
             raise problem from e
 
 
-def _cpu_seconds() -> float:
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU time so far of this process and of its finished children (the decode workers)."""
     import resource
 
     me, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + workers.ru_utime + workers.ru_stime
+    return me.ru_utime + me.ru_stime, workers.ru_utime + workers.ru_stime
 
 
 def _can_fork() -> bool:
