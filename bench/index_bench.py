@@ -418,23 +418,16 @@ def measure_speed(encoder, jpegs: list[str], jpeg_dir: Path, args, cores: int) -
         print(f"(a) encoder alone        {fmt(a_after)}", flush=True)
         a_rate = (a_before["rate"] + a_after["rate"]) / 2
         a_cpu = (a_before["cpu_s_per_picture"] + a_after["cpu_s_per_picture"]) / 2
-        # The most (c) could reach if its cores did nothing but the encoder's work, as in (a), plus its
-        # decode workers' work: where that is under a target, no overlap can meet it.
-        best = cores / (a_cpu + c["decode_cpu_s_per_picture"]) / a_rate
         rounds.append({"a": [a_before, a_after], "b": b, "c": c, "c_over_a": c["rate"] / a_rate,
-                       "c_over_b": c["rate"] / b["rate"], "cpu_a_over_c": a_cpu / c["cpu_s_per_picture"],
-                       "best_c_over_a": best})
+                       "c_over_b": c["rate"] / b["rate"], "cpu_a_over_c": a_cpu / c["cpu_s_per_picture"]})
         print(f"round {number}: (c)/(a) = {rounds[-1]['c_over_a']:.2f}, (c)/(b) = {rounds[-1]['c_over_b']:.2f}, "
-              f"CPU per picture (a)/(c) = {rounds[-1]['cpu_a_over_c']:.2f}; (c)'s decode workers "
-              f"{c['decode_cpu_s_per_picture'] * 1000:.0f} ms CPU/picture: (c)/(a) ≤ {best:.2f} on {cores} cores",
-              flush=True)
+              f"CPU per picture (a)/(c) = {rounds[-1]['cpu_a_over_c']:.2f} ((c)'s decode workers: "
+              f"{c['decode_cpu_s_per_picture'] * 1000:.0f} ms)", flush=True)
         a_before = a_after
-    keys = ("c_over_a", "c_over_b", "cpu_a_over_c", "best_c_over_a")
-    summary = {key: float(np.median([r[key] for r in rounds])) for key in keys}
+    summary = {key: float(np.median([r[key] for r in rounds])) for key in ("c_over_a", "c_over_b", "cpu_a_over_c")}
     print(f"JPEGs, median of {len(rounds)} rounds: (c)/(a) = {summary['c_over_a']:.2f} (target ≥ 0.85), "
           f"(c)/(b) = {summary['c_over_b']:.2f} (target ≥ 2); CPU per picture (a)/(c) = "
-          f"{summary['cpu_a_over_c']:.2f}; best (c)/(a) that CPU allows = {summary['best_c_over_a']:.2f}",
-          flush=True)
+          f"{summary['cpu_a_over_c']:.2f}", flush=True)
     return {"rounds": rounds, **summary}
 
 
@@ -446,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--encoder-seconds", type=float, default=20.0, help="length of each (a) measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="(a) (b) (c) rounds on the JPEGs; the median counts")
+    parser.add_argument("--rounds", type=int, default=5, help="(a) (b) (c) rounds on the JPEGs; the median counts")
     parser.add_argument("--memory-small", type=int, default=1000)
     parser.add_argument("--memory-large", type=int, default=10000)
     parser.add_argument("--memory-model", default="clipsearch-tiny",
