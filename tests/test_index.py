@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,9 +100,9 @@ def test_content_hashes_and_libraries_made_with_the_older_hash(photos, library, 
     index_folders(library, tiny_encoder, [folder])
     with library.store.session() as s, s.begin():
         rows = s.query(Picture).all()
-        assert {r.content_hash for r in rows} == {xxhash.xxh3_128_hexdigest(open(r.path, "rb").read()) for r in rows}
+        assert {r.content_hash for r in rows} == {xxhash.xxh3_128_hexdigest(Path(r.path).read_bytes()) for r in rows}
         for row in rows:  # as the version before xxh3 wrote them
-            row.content_hash = hashlib.blake2b(open(row.path, "rb").read(), digest_size=20).hexdigest()
+            row.content_hash = hashlib.blake2b(Path(row.path).read_bytes(), digest_size=20).hexdigest()
     before = stored(library)
 
     moved = folder / "sub" / "renamed.png"
