@@ -209,9 +209,6 @@ class IndexRun:
                           timeout=self.options.decode_timeout, nice=decode_niceness(self.encoder.device))
         return pool.imap(files)
 
-    def _reusable(self, digest: str) -> bool:
-        return digest in self.known_hashes or digest in self.gone_by_hash
-
     def _route(self, item: Prepared, state: PictureState | None, batch: _Batch) -> None:
         file = item.file
         base = {"path": file.path, "size": file.size, "mtime_ns": file.mtime_ns, "content_hash": item.hash,
