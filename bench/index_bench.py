@@ -12,7 +12,8 @@ ViT-B-32 `--pretrained none` (random weights: speed does not depend on them):
 
   (a) the image encoder alone on pre-made tensors (the limit);
   (b) a plain loop a user would write with open_clip: PIL open → preprocess → encode,
-      in a torch DataLoader with one worker per core;
+      in a torch DataLoader with one worker per core (bench/plain_loop.py, in a process of
+      its own with the user's environment: none of the settings our indexer makes for itself);
   (c) `search index` (a subprocess, timed by its own summary: model loading excluded as in (b)).
 
 in --rounds rounds of (b), (c) between two (a) measurements, and prints each round's ratios
@@ -42,8 +43,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# The same OpenMP wait policy the indexer's encoder sets (encoders/encoder.py), for (a), (b) and (c)
-# alike; it must be set before torch is imported.
+# (a) measures our encoder, which sets this OpenMP wait policy for itself (encoders/encoder.py); it must be
+# set before torch is imported. (b), a user's own script, runs with the user's setting, if any.
+USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 CLIPART = "/usr/share/openclipart/png"
@@ -155,35 +157,25 @@ def measure_encoder(encoder, batch_size: int, seconds: float, autocast_dtype=Non
     return {"pictures": done, "seconds": wall, "rate": done / wall, "cpu_s_per_picture": (cpu_seconds() - cpu) / done}
 
 
-class _Files:
-    """The plain user loop's dataset: PIL open, convert, open_clip preprocess."""
-
-    def __init__(self, files, preprocess):
-        self.files, self.preprocess = files, preprocess
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        try:
-            return self.preprocess(Image.open(self.files[i]).convert("RGB"))
-        except Exception:  # a user's loop stops here (openclipart has a 623-megapixel PNG); the bench
-            return self.preprocess(Image.new("RGB", (224, 224)))  # goes on with a blank picture
-
-
-def measure_plain_loop(model, preprocess, files: list[str], batch_size: int, workers: int) -> dict:
-    """(b): what a user writes with open_clip and a DataLoader."""
-    import torch
-
-    loader = torch.utils.data.DataLoader(_Files(files, preprocess), batch_size=batch_size, num_workers=workers)
-    done, started, cpu = 0, time.perf_counter(), cpu_seconds()
-    with torch.no_grad():
-        for batch in loader:
-            features = model.encode_image(batch)
-            features /= features.norm(dim=-1, keepdim=True)
-            done += len(batch)
-    wall = time.perf_counter() - started
-    return {"pictures": done, "seconds": wall, "rate": done / wall, "cpu_s_per_picture": (cpu_seconds() - cpu) / done}
+def measure_plain_loop(files: list[str], model: str, batch_size: int, workers: int,
+                       omp_wait_policy: str | None = USER_OMP_WAIT_POLICY) -> dict:
+    """(b): what a user writes with open_clip and a DataLoader (bench/plain_loop.py), run as the user runs it:
+    its own process, the environment without the settings our indexer makes for itself. With
+    `omp_wait_policy`, it gets that OpenMP wait policy instead (PASSIVE: the one our encoder sets)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = omp_wait_policy
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
+        listing.write("\n".join(files))
+        listing.flush()
+        command = [sys.executable, str(HERE / "plain_loop.py"), listing.name, "--model", model,
+                   "--batch-size", str(batch_size), "--workers", str(workers)]
+        process = subprocess.run(command, env=env, capture_output=True, text=True)
+    if process.returncode != 0:
+        raise SystemExit(f"the plain loop failed ({process.returncode}):\n{process.stderr[-2000:]}")
+    run = json.loads(process.stdout.strip().splitlines()[-1])
+    return {"pictures": run["pictures"], "seconds": run["seconds"], "rate": run["pictures"] / run["seconds"],
+            "cpu_s_per_picture": run["cpu_seconds"] / run["pictures"], "omp_wait_policy": run["omp_wait_policy"]}
 
 
 def _tree_pss(pid: int) -> int:
@@ -410,8 +402,11 @@ def measure_speed(encoder, jpegs: list[str], jpeg_dir: Path, args, cores: int) -
     a_before = measure_encoder(encoder, args.batch_size, args.encoder_seconds)
     print(f"(a) encoder alone        {fmt(a_before)}", flush=True)
     for number in range(1, args.rounds + 1):
-        b = measure_plain_loop(encoder.model, encoder.preprocess, jpegs, args.batch_size, cores)
+        b = measure_plain_loop(jpegs, args.model, args.batch_size, cores)
         print(f"(b) plain open_clip loop {fmt(b)}", flush=True)
+        if args.passive_baseline:
+            b_passive = measure_plain_loop(jpegs, args.model, args.batch_size, cores, omp_wait_policy="PASSIVE")
+            print(f"(b') the same, PASSIVE   {fmt(b_passive)}", flush=True)
         c = measure_search_index(jpeg_dir, args.model)
         print(f"(c) search index         {fmt(c)}", flush=True)
         a_after = measure_encoder(encoder, args.batch_size, args.encoder_seconds)
@@ -420,14 +415,22 @@ def measure_speed(encoder, jpegs: list[str], jpeg_dir: Path, args, cores: int) -
         a_cpu = (a_before["cpu_s_per_picture"] + a_after["cpu_s_per_picture"]) / 2
         rounds.append({"a": [a_before, a_after], "b": b, "c": c, "c_over_a": c["rate"] / a_rate,
                        "c_over_b": c["rate"] / b["rate"], "cpu_a_over_c": a_cpu / c["cpu_s_per_picture"]})
-        print(f"round {number}: (c)/(a) = {rounds[-1]['c_over_a']:.2f}, (c)/(b) = {rounds[-1]['c_over_b']:.2f}, "
-              f"CPU per picture (a)/(c) = {rounds[-1]['cpu_a_over_c']:.2f} ((c)'s decode workers: "
+        passive = ""
+        if args.passive_baseline:
+            rounds[-1] |= {"b_passive": b_passive, "c_over_b_passive": c["rate"] / b_passive["rate"]}
+            passive = f", (c)/(b') = {rounds[-1]['c_over_b_passive']:.2f}"
+        print(f"round {number}: (c)/(a) = {rounds[-1]['c_over_a']:.2f}, (c)/(b) = {rounds[-1]['c_over_b']:.2f}"
+              f"{passive}, CPU per picture (a)/(c) = {rounds[-1]['cpu_a_over_c']:.2f} ((c)'s decode workers: "
               f"{c['decode_cpu_s_per_picture'] * 1000:.0f} ms)", flush=True)
         a_before = a_after
-    summary = {key: float(np.median([r[key] for r in rounds])) for key in ("c_over_a", "c_over_b", "cpu_a_over_c")}
+    keys = ["c_over_a", "c_over_b", "cpu_a_over_c"] + (["c_over_b_passive"] if args.passive_baseline else [])
+    summary = {key: float(np.median([r[key] for r in rounds])) for key in keys}
     print(f"JPEGs, median of {len(rounds)} rounds: (c)/(a) = {summary['c_over_a']:.2f} (target ≥ 0.85), "
           f"(c)/(b) = {summary['c_over_b']:.2f} (target ≥ 2); CPU per picture (a)/(c) = "
           f"{summary['cpu_a_over_c']:.2f}", flush=True)
+    if args.passive_baseline:
+        print(f"  with our OpenMP setting given to the plain loop: (c)/(b') = {summary['c_over_b_passive']:.2f}",
+              flush=True)
     return {"rounds": rounds, **summary}
 
 
@@ -440,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--encoder-seconds", type=float, default=20.0, help="length of each (a) measurement")
     parser.add_argument("--rounds", type=int, default=5, help="(a) (b) (c) rounds on the JPEGs; the median counts")
+    parser.add_argument("--passive-baseline", action="store_true",
+                        help="each round also runs (b) with OMP_WAIT_POLICY=PASSIVE, the setting our encoder makes")
     parser.add_argument("--memory-small", type=int, default=1000)
     parser.add_argument("--memory-large", type=int, default=10000)
     parser.add_argument("--memory-model", default="clipsearch-tiny",
@@ -468,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         result["jpeg"] = measure_speed(encoder, jpegs, jpeg_dir, args, cores)
     if "png" not in skip:
         pngs = sorted(str(p) for p in png_dir.iterdir())
-        b = measure_plain_loop(encoder.model, encoder.preprocess, pngs, args.batch_size, cores)
+        b = measure_plain_loop(pngs, args.model, args.batch_size, cores)
         print(f"PNG (b) plain loop       {fmt(b)}", flush=True)
         c = measure_search_index(png_dir, args.model)
         print(f"PNG (c) search index     {fmt(c)}", flush=True)
