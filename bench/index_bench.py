@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from PIL import Image
 # set before torch is imported. (b), a user's own script, runs with the user's setting, if any.
 USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from plain_loop import cpu_seconds  # noqa: E402  (imports torch: after the line above)
 
 CLIPART = "/usr/share/openclipart/png"
 HERE = Path(__file__).resolve().parent
@@ -132,11 +132,6 @@ def build_corpus(out: Path, jpegs: int, pngs: int, width: int = 4000, height: in
 
 
 # -- measurements -------------------------------------------------------------------------------
-
-
-def cpu_seconds() -> float:
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def measure_encoder(encoder, batch_size: int, seconds: float, autocast_dtype=None) -> dict:
