@@ -22,7 +22,7 @@ setup(install_requires=[
     FAISS_BUILDS[choice],
     "sqlalchemy>=2.0",
     "pillow>=10",
-    "xxhash>=3.0",  # content hashes: 0.5 ms for a 4 MB photo against 7 ms for blake2b (indexer/decode.py)
+    "xxhash>=3.0",  # content hashes: 0.5 ms for a 4 MB photo against 7 ms for blake2b (indexer/hashes.py)
     "simplejpeg>=1.7",  # JPEG decoding at reduced scale without Pillow's buffering (indexer/decode.py)
     "numpy>=1.24",
     "safetensors>=0.4",

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .decode import CONTENT_HASH, MAX_PIXELS, DecodeError, content_hash, decode_picture
+from .decode import MAX_PIXELS, DecodeError, decode_picture
+from .hashes import CONTENT_HASH, content_hash
 from .scan import ScannedFile
 
 MAX_FILE_BYTES = 1 << 30  # 1 GiB: no picture we can embed is bigger; reading more would only eat memory

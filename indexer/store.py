@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .decode import content_hash_kind
+from .hashes import content_hash_kind
 
 DB_NAME = "library.db"
 OK = "ok"
@@ -192,7 +192,7 @@ class LibraryStore:
         return states
 
     def content_hash_kind(self) -> str:
-        """The hash this library's rows were made with (decode.CONTENT_HASHES): new libraries get the
+        """The hash this library's rows were made with (hashes.CONTENT_HASHES): new libraries get the
         current one, older ones keep theirs so that moved and duplicate files are still recognised."""
         with self.session() as s:
             digest = s.scalar(select(Picture.content_hash).where(Picture.content_hash.is_not(None)).limit(1))

@@ -99,7 +99,7 @@ def test_content_hashes_and_libraries_made_with_the_older_hash(photos, library, 
     folder = photos[0].parent
     index_folders(library, tiny_encoder, [folder])
     with library.store.session() as s, s.begin():
-        rows = s.query(Picture).all()
+        rows = s.scalars(select(Picture)).all()
         assert {r.content_hash for r in rows} == {xxhash.xxh3_128_hexdigest(Path(r.path).read_bytes()) for r in rows}
         for row in rows:  # as the version before xxh3 wrote them
             row.content_hash = hashlib.blake2b(Path(row.path).read_bytes(), digest_size=20).hexdigest()
