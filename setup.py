@@ -31,4 +31,16 @@ setup(install_requires=[
     # Queries start without torch: the text tower runs in ONNX Runtime (search/fastpath.py).
     "onnxruntime>=1.17",
     "onnx>=1.15",
+    # open_clip's own dependencies that our code imports directly (tokenizer, hub downloads, progress).
+    "huggingface_hub>=0.20",
+    "regex",
+    "ftfy",
+    "tqdm",
+    # `search app`: the search page.
+    "streamlit>=1.40",
+    # `search train`: tar shards, the TensorBoard log and the PNG of the curves.
+    "webdataset>=0.2",
+    "braceexpand>=0.1.7",
+    "tensorboard>=2.15",
+    "matplotlib>=3.8",
 ])
