@@ -10,6 +10,21 @@ from __future__ import annotations
 from PIL import Image, ImageOps
 
 BACKGROUND = (255, 255, 255)
+PICTURE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+HEIC_EXTENSIONS = frozenset({".heic", ".heif"})
+
+try:  # the `heic` extra: iPhone photos (HEIC/HEIF) open in Pillow only once pillow-heif registers its opener
+    from pillow_heif import register_heif_opener
+except ImportError:
+    HEIC_SUPPORTED = False
+else:
+    register_heif_opener()
+    HEIC_SUPPORTED = True
+
+
+def picture_extensions() -> frozenset[str]:
+    """File extensions of the pictures this installation can decode (HEIC with the `heic` extra)."""
+    return PICTURE_EXTENSIONS | HEIC_EXTENSIONS if HEIC_SUPPORTED else PICTURE_EXTENSIONS
 
 
 def prepare_image(image: Image.Image) -> Image.Image:

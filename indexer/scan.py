@@ -8,18 +8,10 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-PICTURE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-HEIC_EXTENSIONS = frozenset({".heic", ".heif"})
+from encoders.images import picture_extensions
+
 # Junk that photo managers, NAS boxes, OSes and tools leave inside picture folders.
 DEFAULT_EXCLUDES = ("@eaDir", ".git", "node_modules", "._*", "System Volume Information", "$RECYCLE.BIN")
-
-
-def picture_extensions() -> frozenset[str]:
-    try:
-        import pillow_heif  # noqa: F401  (registers the HEIF opener when decoding)
-    except ImportError:
-        return PICTURE_EXTENSIONS
-    return PICTURE_EXTENSIONS | HEIC_EXTENSIONS
 
 
 @dataclass(frozen=True)
