@@ -20,8 +20,8 @@ from .spec import RANDOM_INIT_SEED, ModelError, ModelFingerprint, ModelSpec, fil
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 HUB_CONFIG = "open_clip_config.json"
 HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-OFFLINE_HINT = ("without network, use --checkpoint PATH (a folder written by `search train`, or a "
-                "weights file with --model) or --pretrained none (random weights, for trying things out)")
+OFFLINE_HINT = ("Without network, use --checkpoint PATH (a folder written by `search train`, or a "
+                "weights file with --model) or --pretrained none (random weights, for trying things out).")
 
 open_clip.add_model_config(CONFIG_DIR)
 log = logging.getLogger(__name__)
@@ -119,6 +119,12 @@ def _create(spec: ModelSpec, device: torch.device):
         return model, preprocess, tokenizer, spec.model, spec.weights
 
 
+def sentence(error: BaseException) -> str:
+    """An underlying error as one whole line ending in a full stop: never cut mid-word."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def load_encoder(spec: ModelSpec, device: str | torch.device | None = None) -> ClipEncoder:
     """The model in eval mode on the best device (CUDA if present), with its transform and tokenizer."""
     device = torch.device(device) if device is not None else best_device()
@@ -131,11 +137,10 @@ def load_encoder(spec: ModelSpec, device: str | torch.device | None = None) -> C
         raise ModelError(f"refused to load {spec.checkpoint}: it holds arbitrary Python objects, and only "
                          "tensors are ever unpickled; save a plain state_dict or safetensors") from e
     except Exception as e:  # open_clip reports download and format problems as many exception types
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = sentence(e)
         if spec.checkpoint:
-            raise ModelError(f"cannot load checkpoint {spec.checkpoint}: {first_line}") from e
-        raise ModelError(f"cannot get weights {spec.weights} for {spec.model}: {first_line[:160]}; "
-                         f"{OFFLINE_HINT}") from e
+            raise ModelError(f"cannot load checkpoint {spec.checkpoint}: {reason}") from e
+        raise ModelError(f"cannot get weights {spec.weights} for {spec.model}: {reason} {OFFLINE_HINT}") from e
     model.eval().requires_grad_(False)
     embed_dim = int(model.text_projection.shape[-1] if hasattr(model, "text_projection")
                     and model.text_projection is not None else model.visual.output_dim)

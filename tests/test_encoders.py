@@ -95,6 +95,18 @@ def test_offline_default_model_fails_fast_with_the_alternatives(tmp_path, monkey
         load_encoder(ModelSpec.from_options(None, None, None))
     message = str(error.value)
     assert "--checkpoint" in message and "--pretrained none" in message and "\n" not in message
+    # The underlying reason is kept whole (it was cut mid-word at 160 characters): every sentence ends.
+    reason = message.split(": ", 1)[1].split(" Without network")[0]
+    assert reason.endswith(".") and "Last error: " in reason and message.endswith(".")
+
+
+def test_error_sentences_are_whole():
+    from encoders.loader import sentence
+
+    long = "x" * 300 + " word"
+    assert sentence(RuntimeError(long)) == long + "."
+    assert sentence(RuntimeError("two\n lines  here!")) == "two lines here!"
+    assert sentence(KeyError()) == "KeyError."
 
 
 def test_unknown_models_and_tags_are_named(tmp_path):
