@@ -454,8 +454,12 @@ def run_app(
     = "127.0.0.1",
 ):
     """Open the search page in a browser (Streamlit, on this machine only by default)."""
+    import importlib.util
     import subprocess
 
+    if importlib.util.find_spec("streamlit") is None:
+        raise fail("the search page needs Streamlit, which is missing from this environment: "
+                   "pip install streamlit (or reinstall clipsearch, which depends on it)")
     page = Path(__file__).with_name("webapp.py")
     command = [sys.executable, "-m", "streamlit", "run", str(page), "--server.address", host,
                "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from conftest import TINY, make_pictures, run_cli
+from conftest import ROOT, TINY, make_pictures, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +87,13 @@ def test_help_lists_the_commands():
     out = run_cli("--help", check=True).stdout
     for command in ("index", "query", "status"):
         assert command in out
+
+
+def test_app_without_streamlit_says_what_to_install(tmp_path):
+    """Should Streamlit ever be missing (a broken environment), one line says what to install, exit 2."""
+    code = ("import sys; sys.modules['streamlit'] = None; sys.argv = ['search', 'app', '--library', sys.argv[1]]; "
+            "from search.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "lib")], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "pip install streamlit" in result.stderr
