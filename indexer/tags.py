@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, inspect
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, insert, inspect, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .store import Base, utcnow
+from .store import Base, LibraryStore, Picture, utcnow
 
 
 class PictureTag(Base):
@@ -47,3 +47,28 @@ def ensure_tag_tables(engine) -> None:
 
 def has_tag_tables(engine) -> bool:
     return inspect(engine).has_table(PictureTag.__tablename__)
+
+
+def copy_tags(source: LibraryStore, target: LibraryStore, chunk: int = 5000) -> int:
+    """Give the target's pictures the tags the same paths carry in the source (a re-embedded library).
+
+    Tags are the user's data, so they outlive the model that proposed them; which pictures a
+    label set has classified (``TagRun``) is bookkeeping of the old model and stays behind, so
+    `search tag` with the new model classifies everything again. Returns the tags copied.
+    """
+    if not has_tag_tables(source.engine):
+        return 0
+    ensure_tag_tables(target.engine)
+    copied = 0
+    with source.session() as old, target.session() as new, new.begin():
+        rows = old.execute(select(Picture.path, PictureTag.tag, PictureTag.score, PictureTag.labelset)
+                           .join(PictureTag, PictureTag.picture_id == Picture.id).order_by(Picture.path))
+        for part in rows.partitions(chunk):
+            paths = [r.path for r in part]
+            ids = dict(new.execute(select(Picture.path, Picture.id).where(Picture.path.in_(paths))).all())
+            values = [{"picture_id": ids[r.path], "tag": r.tag, "score": r.score, "labelset": r.labelset}
+                      for r in part if r.path in ids]
+            if values:
+                new.execute(insert(PictureTag), values)
+                copied += len(values)
+    return copied

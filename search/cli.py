@@ -414,7 +414,7 @@ def reindex(
         typer.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
         return
     typer.echo(f"re-embedded with {summary.new_model}: {summary.pictures_after} pictures "
-               f"(before: {summary.pictures_before} with {summary.old_model})"
+               f"(before: {summary.pictures_before} with {summary.old_model}); {summary.tags_kept} tags kept"
                + (f"; old library kept at {summary.kept_old}" if summary.kept_old else ""))
 
 

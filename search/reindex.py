@@ -5,7 +5,8 @@ by the ordinary indexer over the recorded roots; only when it is complete are th
 folders swapped (one ``renameat2(RENAME_EXCHANGE)`` on Linux, so a reader sees the old
 library or the new one, never neither). An interrupted reindex leaves the old library
 untouched, and the next run with the same model resumes the half-built one.
-Tags and previews belong to the old model and ids; they are not carried over.
+Tags are the user's data: they follow their pictures (by path) into the new library. Previews
+belong to the old row ids and are made again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from encoders import ClipEncoder
 from indexer import IndexOptions, IndexSummary, Library, LibraryError, Progress, index_folders
 from indexer.store import DB_NAME
+from indexer.tags import copy_tags
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
@@ -31,6 +33,7 @@ class ReindexSummary:
     new_model: str
     pictures_before: int
     pictures_after: int
+    tags_kept: int
     index: IndexSummary
     kept_old: str | None
 
@@ -86,6 +89,7 @@ def reindex(library: Library, encoder: ClipEncoder, options: IndexOptions | None
         new = Library.open(stage, create=True)
         summary = index_folders(new, encoder, roots, options or IndexOptions(), progress or Progress())
         after = new.store.counts()["pictures"]
+        tags = copy_tags(library.store, new.store)
         new.store.engine.dispose()
         exchange(folder, stage)
     kept = None
@@ -99,4 +103,4 @@ def reindex(library: Library, encoder: ClipEncoder, options: IndexOptions | None
         shutil.rmtree(stage, ignore_errors=True)
     return ReindexSummary(old_model=f"{record.architecture} ({record.weights})",
                           new_model=f"{encoder.fingerprint.architecture} ({encoder.fingerprint.weights})",
-                          pictures_before=before, pictures_after=after, index=summary, kept_old=kept)
+                          pictures_before=before, pictures_after=after, tags_kept=tags, index=summary, kept_old=kept)

@@ -387,6 +387,11 @@ def test_reindex_swaps_in_a_checkpoint_model_and_queries_keep_working(tmp_path, 
     lib = Library.open(tmp_path / "lib", create=True)
     index_folders(lib, tiny_encoder, [tmp_path / "pics"])
     old_fingerprint = lib.model.fingerprint
+    tags = json.loads(cli("tag", "--labels", "circle,square", "--json", "--library", str(lib.folder),
+                          check=True).stdout)["counts"]
+    label = max(tags, key=tags.get)
+    tagged = cli("query", "x", "--tag", label, "--top", "50", "--paths-only", "--library", str(lib.folder),
+                 check=True).stdout.split()
     state = {k: (v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v).contiguous()
              for k, v in tiny_encoder.model.state_dict().items()}
     weights = tmp_path / "other.safetensors"
@@ -395,6 +400,7 @@ def test_reindex_swaps_in_a_checkpoint_model_and_queries_keep_working(tmp_path, 
                      str(lib.folder), check=True)
     summary = json.loads(result.stdout)
     assert summary["pictures_before"] == summary["pictures_after"] == 10
+    assert summary["tags_kept"] == sum(tags.values()) == 10  # tags are the user's: they survive the new model
     swapped = Library.open(tmp_path / "lib")
     assert swapped.model.fingerprint != old_fingerprint and swapped.model.weights.startswith("checkpoint:")
     assert not (tmp_path / ".lib.reindex").exists()
@@ -402,6 +408,9 @@ def test_reindex_swaps_in_a_checkpoint_model_and_queries_keep_working(tmp_path, 
     first = cli("query", "--image", pic, "--top", "1", "--paths-only", "--library", str(swapped.folder),
                     check=True)
     assert first.stdout.strip() == pic
+    kept = cli("query", "x", "--tag", label, "--top", "50", "--paths-only", "--library", str(swapped.folder),
+               check=True).stdout.split()
+    assert sorted(kept) == sorted(tagged)
     slow = cli("query", "a red square", "--json", "--library", str(swapped.folder), check=True)  # exports ONNX
     fast = cli("query", "a red square", "--json", "--library", str(swapped.folder), check=True)
     assert [r["path"] for r in json.loads(slow.stdout)["results"]] == [
