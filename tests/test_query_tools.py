@@ -312,7 +312,7 @@ def test_onnx_text_vectors_match_pytorch(tiny_library):
     _, lib, engine = tiny_library
     onnx = OnnxTextEncoder.for_library(lib.folder, lib.model.fingerprint)
     cosines = (onnx.encode_texts(TEXTS) * engine.encoder.encode_texts(TEXTS)).sum(axis=1)
-    assert cosines.min() >= 0.999
+    assert cosines.min() >= 0.99999  # README: "cosine >= 0.99999"; measured 0.9999999 (tiny and ViT-B-32)
 
 
 @pytest.mark.parametrize("ensemble", [False, True])
@@ -325,7 +325,7 @@ def test_fast_path_results_equal_the_pytorch_path(tiny_library, ensemble):
                               filters=Filters.make(ext="jpg" if ensemble else None))
         assert fast is not None
         assert [r.path for r in fast] == [r.path for r in slow]
-        assert np.allclose([r.score for r in fast], [r.score for r in slow], atol=2e-3)
+        assert np.allclose([r.score for r in fast], [r.score for r in slow], atol=1e-5)
 
 
 def test_cli_query_forms_and_errors(tiny_library):
