@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ from encoders import ClipEncoder
 from .decode import MAX_PIXELS
 from .library import Library, LibraryError, storage_error
 from .prepare import Prepared, SplitPreprocess, prepare_file
-from .scan import ScanOptions, scan
+from .scan import ScannedFile, ScanOptions, UnreadableFolder, scan
 from .store import FAILED, OK, Picture, PictureState, utcnow, vector_bytes
 from .workers import DEFAULT_TIMEOUT, DecodePool
 
@@ -84,6 +84,9 @@ class IndexSummary:
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU time of this process and its decode workers during the run
     decode_cpu_seconds: float = 0.0  # the decode workers' part of it (0 when decoding runs in threads)
+    # Folders the scan could not read ({path, error, pictures_kept}); the rows under them were kept untouched.
+    unreadable_folders: list[dict] = field(default_factory=list)
+    pictures_kept: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -152,10 +155,15 @@ class IndexRun:
         started, (own_cpu, workers_cpu) = time.perf_counter(), _cpu_seconds()
         self.library.adopt_or_check_model(self.encoder.fingerprint)
         self.vectors = self.library.vector_index(writer=True)
-        scanned = {f.path: f for f in scan(roots, self.options.scan)}
+        scanned: dict[str, ScannedFile] = {}
+        unreadable: dict[str, str] = {}  # path → why it could not be read
+        for found in scan(roots, self.options.scan):
+            if isinstance(found, UnreadableFolder):
+                unreadable[found.path] = found.error
+            else:
+                scanned[found.path] = found
         known = self.store.states_under(roots)
-        gone = {path: state for path, state in known.items() if path not in scanned}
-        self.gone_by_hash = {s.content_hash: s for s in gone.values() if s.status == OK and s.content_hash}
+        gone = self._gone(known, scanned, unreadable)
         with self.store.session() as s:
             self.known_hashes = set(s.scalars(select(Picture.content_hash).where(Picture.status == OK)))
         todo = []
@@ -185,12 +193,33 @@ class IndexRun:
         if self.vectors.ntotal != self.store.counts()["pictures"]:
             self.vectors = self.library.vector_index(writer=False)  # out of step: rebuild from rows
         self.vectors.save(self.library.folder, self.store)
-        self.store.mark_indexed(roots)
+        self.store.mark_indexed(roots, unreadable)
         self.summary.seconds = time.perf_counter() - started
         own_now, workers_now = _cpu_seconds()
         self.summary.decode_cpu_seconds = workers_now - workers_cpu
         self.summary.cpu_seconds = own_now - own_cpu + self.summary.decode_cpu_seconds
         return self.summary
+
+    def _gone(self, known: dict[str, PictureState], scanned: dict[str, ScannedFile],
+              unreadable: dict[str, str]) -> dict[str, PictureState]:
+        """Rows whose file is gone (not scanned, and not inside a folder the scan could not read), filed by
+        content as move targets. The rows inside unreadable folders are kept untouched, counted in the summary."""
+        gone: dict[str, PictureState] = {}
+        kept = dict.fromkeys(unreadable, 0)
+        for path, state in known.items():
+            if path in scanned:
+                continue
+            folder = unreadable_ancestor(path, unreadable)
+            if folder is not None:
+                kept[folder] += 1
+                continue
+            gone[path] = state
+            if state.status == OK and state.content_hash:
+                self.gone_by_hash[state.content_hash] = state
+        self.summary.unreadable_folders = [{"path": path, "error": error, "pictures_kept": kept[path]}
+                                           for path, error in sorted(unreadable.items())]
+        self.summary.pictures_kept = sum(kept.values())
+        return gone
 
     def _prepared(self, files: Iterable) -> Iterator[Prepared]:
         """Files → Prepared, in order, decoded ahead of the encoder by worker processes."""
@@ -322,6 +351,18 @@ def index_folders(library: Library, encoder: ClipEncoder, roots: Iterable[str | 
             if problem is None:
                 raise
             raise problem from e
+
+
+def unreadable_ancestor(path: str, unreadable: Collection[str]) -> str | None:
+    """The unreadable folder (or entry) that ``path`` is, or lies under; None when every folder above it was read."""
+    while unreadable:
+        if path in unreadable:
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return None
 
 
 def _cpu_seconds() -> tuple[float, float]:
