@@ -1,11 +1,14 @@
-"""Nothing unseen is deleted: unreadable folders (permission denied, I/O error, a symlinked folder whose target is
-gone) keep their rows."""
+"""Nothing unseen is deleted, and identical files never leave ghosts: unreadable folders (permission denied, I/O
+error, a symlinked folder whose target is gone) keep their rows; after any sequence of deletes, copies and moves a
+run leaves exactly one row per picture file."""
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -18,6 +21,7 @@ from sqlalchemy import inspect, select
 from test_index import assert_faiss_matches_db
 
 from indexer import OK, IndexOptions, Library, index_folders
+from indexer.hashes import content_hash
 from indexer.scan import ScannedFile, UnreadableFolder, scan
 from indexer.store import Picture, UnreadableFolderRecord
 from search import SearchEngine
@@ -198,6 +202,185 @@ def test_libraries_made_before_the_record_of_unreadable_folders(photos, library,
     assert (status["unreadable_folders"], status["pictures_kept"], status["pictures"]) == ([], 0, 11)
     index_folders(Library.open(library.folder), tiny_encoder, [photos], FAST)  # a writer, opened without create
     assert inspect(library.store.engine).has_table(UnreadableFolderRecord.__tablename__)
+
+
+# -- identical files ----------------------------------------------------------------------------------------
+
+
+def test_two_identical_files_deleted_and_one_put_back_under_a_new_name(photos, library, tiny_encoder):
+    original = photos / "a" / "pic010.png"
+    digest = content_hash(original.read_bytes())
+    shutil.copy(original, photos / "copy1.png")
+    shutil.copy(original, photos / "copy2.png")
+    index_folders(library, tiny_encoder, [photos], FAST)
+    (photos / "copy1.png").unlink()
+    (photos / "copy2.png").rename(photos / "c" / "back.png")  # one copy back, under a new name
+    original.unlink()
+    summary = index_folders(library, tiny_encoder, [photos], FAST)
+    assert (summary.moved, summary.removed, summary.added, summary.embedded) == (1, 2, 0, 0)
+    assert [p for p, r in rows(library).items() if r.content_hash == digest] == [str(photos / "c" / "back.png")]
+    assert_in_step(library, photos)
+
+
+def test_copies_moved_around(photos, library, tiny_encoder):
+    first = photos / "a" / "pic010.png"
+    for name in ("x.png", "y.png", "z.png"):
+        shutil.copy(first, photos / "b" / name)
+    index_folders(library, tiny_encoder, [photos], FAST)
+    (photos / "b" / "x.png").rename(photos / "c" / "x.png")
+    (photos / "b" / "y.png").rename(photos / "y-renamed.png")
+    (photos / "b" / "z.png").unlink()
+    shutil.copy(photos / "c" / "x.png", photos / "c" / "x-again.png")
+    first.unlink()  # four rows gone, three files new: three moves, one removal
+    summary = index_folders(library, tiny_encoder, [photos], FAST)
+    assert (summary.moved, summary.removed, summary.added, summary.embedded) == (3, 1, 0, 0)
+    assert_in_step(library, photos)
+    shutil.copy(photos / "c" / "x.png", photos / "b" / "again.png")  # a copy of a kept picture: a duplicate
+    (photos / "c" / "x-again.png").rename(photos / "a" / "x-again.png")
+    summary = index_folders(library, tiny_encoder, [photos], FAST)
+    assert (summary.moved, summary.removed, summary.duplicates, summary.embedded) == (1, 0, 1, 0)
+    assert_in_step(library, photos)
+
+
+def test_a_picture_kept_as_original_while_its_file_gets_new_content(photos, library, tiny_encoder):
+    """An editor that keeps the original beside the edit: the new file holds bytes whose only row was just
+    re-embedded with other content; it is embedded, not failed as "an identical file failed"."""
+    index_folders(library, tiny_encoder, [photos], IndexOptions(workers=0, batch_size=1))
+    edited = photos / "a" / "pic010.png"
+    edited.rename(photos / "a" / "pic010_original.png")
+    draw_picture(500).save(edited)
+    summary = index_folders(library, tiny_encoder, [photos], IndexOptions(workers=0, batch_size=1))
+    assert (summary.updated, summary.added, summary.failed) == (1, 1, 0)
+    assert_in_step(library, photos)
+
+
+# -- random sequences ---------------------------------------------------------------------------------------
+
+
+def assert_in_step(library: Library, root: Path, vectors_by_hash: dict[str, np.ndarray] | None = None) -> None:
+    """One embedded row per picture file under root, none for anything else; each row holds its file's content
+    hash, and (when given) the vector those bytes were first embedded with; FAISS holds exactly the rows."""
+    held = rows(library)
+    files = sorted(str(p) for p in root.rglob("*.png"))
+    assert sorted(held) == files
+    kind = library.store.content_hash_kind()
+    for path, row in held.items():
+        assert row.status == OK, (path, row.error)
+        assert row.content_hash == content_hash(Path(path).read_bytes(), kind), path
+        vector = np.frombuffer(row.vector, dtype=np.float32)
+        if vectors_by_hash is not None:
+            first = vectors_by_hash.setdefault(row.content_hash, vector)
+            assert np.allclose(vector, first, atol=1e-5), path
+    assert_faiss_matches_db(library)
+
+
+class RandomTree:
+    """A small tree of pictures changed the way people change theirs, a few changes between two runs. Half the
+    writes take a content from a small pool, so identical files are common, half a new one; every write gets its
+    own mtime, as writes made seconds apart would (two writes within one clock tick, same size, are beyond
+    size+mtime change detection)."""
+
+    ACTIONS = ("add", "delete", "copy", "move", "change", "touch", "keep-original", "move-folder", "delete-folder")
+
+    def __init__(self, root: Path, seed: int, pictures: int = 10, contents: int = 4):
+        self.root, self.rng = root, random.Random(seed)
+        self.pool = [self.content(300 + n) for n in range(contents)]
+        self.clock = 1_700_000_000 * 10**9
+        self.names = 0
+        for name in ("a", "b", "a/deep"):
+            (root / name).mkdir(parents=True)
+        for _ in range(pictures):
+            self.add()
+
+    @staticmethod
+    def content(seed: int) -> bytes:
+        buffer = io.BytesIO()
+        draw_picture(seed, size=(40, 32)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def files(self) -> list[Path]:
+        return sorted(self.root.rglob("*.png"))
+
+    def folders(self) -> list[Path]:
+        return [self.root, *sorted(p for p in self.root.rglob("*") if p.is_dir())]
+
+    def new_name(self, prefix: str) -> str:
+        self.names += 1
+        return f"{prefix}{self.names}"
+
+    def new_path(self) -> Path:
+        folder = self.rng.choice(self.folders())
+        if self.rng.random() < 0.15:  # now and then in a new folder
+            folder = folder / self.new_name("f")
+            folder.mkdir()
+        return folder / f"{self.new_name('p')}.png"
+
+    def target(self, source: Path) -> Path:
+        """A new name, or now and then another file to overwrite."""
+        others = [f for f in self.files() if f != source]
+        return self.rng.choice(others) if others and self.rng.random() < 0.2 else self.new_path()
+
+    def stamp(self, path: Path) -> None:
+        self.clock += 10**9
+        os.utime(path, ns=(self.clock, self.clock))
+
+    def write(self, path: Path) -> None:
+        fresh = self.rng.random() < 0.5
+        path.write_bytes(self.content(1000 + self.rng.randrange(10**6)) if fresh else self.rng.choice(self.pool))
+        self.stamp(path)
+
+    def add(self) -> None:
+        self.write(self.new_path())
+
+    def step(self) -> list[str]:
+        """One to three changes, as a person makes between two runs."""
+        return [self.change() for _ in range(self.rng.choice((1, 1, 2, 3)))]
+
+    def change(self) -> str:
+        files, folders = self.files(), self.folders()[1:]
+        action = self.rng.choice(self.ACTIONS) if len(files) >= 4 else "add"
+        source = self.rng.choice(files) if files else None
+        if action == "add" or (action.endswith("folder") and not folders):
+            self.add()
+            return "add"
+        if action == "delete":
+            source.unlink()
+        elif action == "copy":
+            shutil.copy2(source, self.target(source))  # like `cp -p`: same bytes, same mtime
+        elif action == "move":
+            os.replace(source, self.target(source))
+        elif action == "change":
+            self.write(source)
+        elif action == "touch":
+            self.stamp(source)
+        elif action == "keep-original":  # an editor keeping the original beside the edit
+            os.replace(source, self.new_path())
+            self.write(source)
+        elif action == "move-folder":
+            folder = self.rng.choice(folders)
+            into = self.rng.choice([f for f in self.folders() if f != folder and folder not in f.parents])
+            os.replace(folder, into / self.new_name("f"))
+        else:
+            shutil.rmtree(self.rng.choice(folders))
+        return action
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_sequences_leave_one_row_per_file(tmp_path, library, tiny_encoder, seed):
+    tree = RandomTree(tmp_path / "tree", seed)
+    vectors_by_hash: dict[str, np.ndarray] = {}
+    options = IndexOptions(workers=0, batch_size=1)  # a commit after each embedded picture: the most interleaving
+    index_folders(library, tiny_encoder, [tree.root], options)
+    assert_in_step(library, tree.root, vectors_by_hash)
+    done: list[list[str]] = []
+    for _ in range(50):
+        done.append(tree.step())
+        index_folders(library, tiny_encoder, [tree.root], options)
+        try:
+            assert_in_step(library, tree.root, vectors_by_hash)
+        except AssertionError as e:
+            raise AssertionError(f"after {done}: {e}") from e
+    assert set(RandomTree.ACTIONS) <= {action for step in done for action in step}
 
 
 def test_scan_reports_what_it_could_not_read(tmp_path):
