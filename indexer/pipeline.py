@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ from encoders import ClipEncoder
 from .decode import MAX_PIXELS
 from .library import Library, LibraryError, storage_error
 from .prepare import Prepared, SplitPreprocess, prepare_file
-from .scan import ScanOptions, scan
+from .scan import ScannedFile, ScanOptions, UnreadableFolder, scan
 from .store import FAILED, OK, Picture, PictureState, utcnow, vector_bytes
 from .workers import DEFAULT_TIMEOUT, DecodePool
 
@@ -84,6 +84,9 @@ class IndexSummary:
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU time of this process and its decode workers during the run
     decode_cpu_seconds: float = 0.0  # the decode workers' part of it (0 when decoding runs in threads)
+    # Folders the scan could not read ({path, error, pictures_kept}); the rows under them were kept untouched.
+    unreadable_folders: list[dict] = field(default_factory=list)
+    pictures_kept: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -145,17 +148,25 @@ class IndexRun:
         self.vectors = None
         self.known_hashes: set[str] = set()
         self.in_flight: set[str] = set()  # hashes queued for encoding and not yet stored
-        self.gone_by_hash: dict[str, PictureState] = {}  # rows whose file vanished, by content: move targets
-        self.moved_hashes: set[str] = set()
+        # Rows whose file is gone, by content: each can be the target of one move (identical files share a hash).
+        self.gone_by_hash: dict[str, list[PictureState]] = {}
+        self.moved_ids: set[int] = set()  # gone rows that a move gave a new path
+        self.vanished: list[PictureState] = []  # rows whose file was deleted between the scan and its reading
+        self.hash_kind = self.store.content_hash_kind()
 
     def run(self, roots: list[str]) -> IndexSummary:
         started, (own_cpu, workers_cpu) = time.perf_counter(), _cpu_seconds()
         self.library.adopt_or_check_model(self.encoder.fingerprint)
         self.vectors = self.library.vector_index(writer=True)
-        scanned = {f.path: f for f in scan(roots, self.options.scan)}
+        scanned: dict[str, ScannedFile] = {}
+        unreadable: dict[str, str] = {}  # path → why it could not be read
+        for found in scan(roots, self.options.scan):
+            if isinstance(found, UnreadableFolder):
+                unreadable[found.path] = found.error
+            else:
+                scanned[found.path] = found
         known = self.store.states_under(roots)
-        gone = {path: state for path, state in known.items() if path not in scanned}
-        self.gone_by_hash = {s.content_hash: s for s in gone.values() if s.status == OK and s.content_hash}
+        gone = self._gone(known, scanned, unreadable)
         with self.store.session() as s:
             self.known_hashes = set(s.scalars(select(Picture.content_hash).where(Picture.status == OK)))
         todo = []
@@ -167,36 +178,51 @@ class IndexRun:
                 todo.append((file, state))
         self.progress.start(len(todo))
         states = {file.path: state for file, state in todo}
-        vanished: list[PictureState] = []
         batch = _Batch()
         for item in self._prepared(file for file, _ in todo):
-            state = states[item.file.path]
-            if item.vanished:  # deleted between the scan and now: like a file the scan did not see
-                if state is not None:
-                    vanished.append(state)
-            else:
-                self._route(item, state, batch)
+            self._route(item, states[item.file.path], batch)
             self.progress.advance()
             if len(batch.pixels) >= self.batch_size or len(batch) >= 4 * self.batch_size:
                 self._commit(batch)
                 batch = _Batch()
         self._commit(batch)
-        self._remove([s for s in gone.values() if s.content_hash not in self.moved_hashes] + vanished)
+        self._remove([s for s in gone.values() if s.id not in self.moved_ids] + self.vanished)
         if self.vectors.ntotal != self.store.counts()["pictures"]:
             self.vectors = self.library.vector_index(writer=False)  # out of step: rebuild from rows
         self.vectors.save(self.library.folder, self.store)
-        self.store.mark_indexed(roots)
+        self.store.mark_indexed(roots, unreadable)
         self.summary.seconds = time.perf_counter() - started
         own_now, workers_now = _cpu_seconds()
         self.summary.decode_cpu_seconds = workers_now - workers_cpu
         self.summary.cpu_seconds = own_now - own_cpu + self.summary.decode_cpu_seconds
         return self.summary
 
+    def _gone(self, known: dict[str, PictureState], scanned: dict[str, ScannedFile],
+              unreadable: dict[str, str]) -> dict[str, PictureState]:
+        """Rows whose file is gone (not scanned, and not inside a folder the scan could not read), filed by
+        content as move targets. The rows inside unreadable folders are kept untouched, counted in the summary."""
+        gone: dict[str, PictureState] = {}
+        kept = dict.fromkeys(unreadable, 0)
+        for path, state in known.items():
+            if path in scanned:
+                continue
+            folder = unreadable_ancestor(path, unreadable)
+            if folder is not None:
+                kept[folder] += 1
+                continue
+            gone[path] = state
+            if state.status == OK and state.content_hash:
+                self.gone_by_hash.setdefault(state.content_hash, []).append(state)
+        self.summary.unreadable_folders = [{"path": path, "error": error, "pictures_kept": kept[path]}
+                                           for path, error in sorted(unreadable.items())]
+        self.summary.pictures_kept = sum(kept.values())
+        return gone
+
     def _prepared(self, files: Iterable) -> Iterator[Prepared]:
         """Files → Prepared, in order, decoded ahead of the encoder by worker processes."""
         min_side = min(self.encoder.image_size)
         skip = frozenset(self.known_hashes) | frozenset(self.gone_by_hash)
-        split, max_pixels, hash_kind = self.split, self.options.max_pixels, self.store.content_hash_kind()
+        split, max_pixels, hash_kind = self.split, self.options.max_pixels, self.hash_kind
         workers = self.options.workers if self.options.workers is not None else default_workers(self.encoder.device)
         window = max(2 * self.batch_size, 4 * max(workers, 1))
 
@@ -211,6 +237,10 @@ class IndexRun:
 
     def _route(self, item: Prepared, state: PictureState | None, batch: _Batch) -> None:
         file = item.file
+        if item.vanished:  # deleted between the scan and now: like a file the scan did not see
+            if state is not None:
+                self.vanished.append(state)
+            return
         base = {"path": file.path, "size": file.size, "mtime_ns": file.mtime_ns, "content_hash": item.hash,
                 "indexed_at": utcnow()}
         if item.error:
@@ -222,22 +252,26 @@ class IndexRun:
             batch.updates.append((state.id, {"size": file.size, "mtime_ns": file.mtime_ns}))  # touched, same bytes
             self.summary.unchanged += 1
             return
-        if state is None and item.hash in self.gone_by_hash:
-            moved = self.gone_by_hash.pop(item.hash)
-            self.moved_hashes.add(item.hash)
+        if state is None and self.gone_by_hash.get(item.hash):
+            moved = self.gone_by_hash[item.hash].pop()
+            self.moved_ids.add(moved.id)
             batch.updates.append((moved.id, {"path": file.path, "size": file.size, "mtime_ns": file.mtime_ns}))
             self.summary.moved += 1
             return
         entry = {**base, "status": OK, "error": None}
-        if item.pixels is None:  # an exact copy of a picture already embedded
+        if item.hash in self.in_flight:  # same bytes queued earlier in this run
+            batch.copies.append((entry, item.hash))
+            self.summary.duplicates += 1
+        elif item.pixels is None:  # an exact copy of a picture already embedded
             copy = self.store.embedded_copy(item.hash)
             if copy is None:
-                batch.copies.append((entry, item.hash))
-            else:
-                entry.update(copy)
-            self.summary.duplicates += 1
-        elif item.hash in self.in_flight:  # same bytes queued earlier in this run
-            batch.copies.append((entry, item.hash))
+                # Every row with these bytes was given other content earlier in this run (an edit that kept
+                # its original under a new name): decode them after all. The library embedded these bytes
+                # before, so decoding them here rather than in an isolated worker is safe.
+                self._route(prepare_file(file, min(self.encoder.image_size), self.split, (), self.options.max_pixels,
+                                         self.hash_kind), state, batch)
+                return
+            entry.update(copy)
             self.summary.duplicates += 1
         else:
             entry.update(width=item.width, height=item.height, taken_at=item.taken_at)
@@ -322,6 +356,18 @@ def index_folders(library: Library, encoder: ClipEncoder, roots: Iterable[str | 
             if problem is None:
                 raise
             raise problem from e
+
+
+def unreadable_ancestor(path: str, unreadable: Collection[str]) -> str | None:
+    """The unreadable folder (or entry) that ``path`` is, or lies under; None when every folder above it was read."""
+    while unreadable:
+        if path in unreadable:
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return None
 
 
 def _cpu_seconds() -> tuple[float, float]:

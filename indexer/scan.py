@@ -1,4 +1,5 @@
-"""Walk the library's roots and list the picture files in them, with size and mtime."""
+"""Walk the library's roots and list the picture files in them, with size and mtime, and the folders
+it could not look into (whose rows must then be kept: nothing unseen is deleted)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ class ScannedFile:
 
 
 @dataclass(frozen=True)
+class UnreadableFolder:
+    """A folder the scan could not list (permission denied, I/O error, stale mount), or an entry it could
+    not even stat (a symlinked folder whose target is gone): what lies under it is unknown, not deleted."""
+
+    path: str
+    error: str
+
+
+@dataclass(frozen=True)
 class ScanOptions:
     excludes: tuple[str, ...] = ()
     include_hidden: bool = False
@@ -35,8 +45,9 @@ def _excluded(name: str, path: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns)
 
 
-def scan(roots: Iterable[str], options: ScanOptions = ScanOptions()) -> Iterator[ScannedFile]:
-    """Picture files under the roots (absolute paths as the user sees them, links not resolved).
+def scan(roots: Iterable[str], options: ScanOptions = ScanOptions()) -> Iterator[ScannedFile | UnreadableFolder]:
+    """Picture files under the roots (absolute paths as the user sees them, links not resolved), and
+    every folder or entry that could not be read, with the reason.
 
     Symlinked folders are followed once: a folder already visited (same device and inode)
     is not entered again, which stops link loops.
@@ -57,8 +68,9 @@ def scan(roots: Iterable[str], options: ScanOptions = ScanOptions()) -> Iterator
             folder = stack.pop()
             try:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError:
-                continue  # unreadable folder: nothing in it can be indexed, nothing is deleted either
+            except OSError as e:
+                yield UnreadableFolder(folder, _reason(e))
+                continue
             for entry in entries:
                 name = entry.name
                 if (name.startswith(".") and not options.include_hidden) or _excluded(name, entry.path, patterns):
@@ -70,18 +82,25 @@ def scan(roots: Iterable[str], options: ScanOptions = ScanOptions()) -> Iterator
                     yield found
 
 
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
 def _classify(entry: os.DirEntry, extensions: frozenset[str], follow: bool,
-              visited: set[tuple[int, int]]) -> str | ScannedFile | None:
-    """A folder to enter (its path), a file to index, or None to ignore."""
+              visited: set[tuple[int, int]]) -> str | ScannedFile | UnreadableFolder | None:
+    """A folder to enter (its path), a file to index, an entry that could not be read, or None to ignore."""
     is_picture_name = os.path.splitext(entry.name)[1].lower() in extensions
-    if entry.is_symlink() and not follow:
-        return None
+    is_link = False
     try:
+        is_link = entry.is_symlink()
+        if is_link and not follow:
+            return None
         st = entry.stat(follow_symlinks=True)
     except OSError as e:
-        if is_picture_name:
-            return ScannedFile(entry.path, 0, 0, problem=f"broken symbolic link ({e.strerror})")
-        return None
+        if is_link and is_picture_name:  # a link to a picture that is gone: recorded as failed, with why
+            return ScannedFile(entry.path, 0, 0, problem=f"broken symbolic link ({_reason(e)})")
+        # Maybe a folder (a link to an unplugged disk, a stale mount): what it held is unknown, so kept.
+        return UnreadableFolder(entry.path, f"broken symbolic link ({_reason(e)})" if is_link else _reason(e))
     if stat.S_ISDIR(st.st_mode):
         key = (st.st_dev, st.st_ino)
         if key in visited:

@@ -21,9 +21,13 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    and_,
     create_engine,
+    delete,
     event,
     func,
+    inspect,
+    or_,
     select,
     update,
 )
@@ -81,6 +85,16 @@ class Root(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(FsPath, unique=True)
     last_indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class UnreadableFolderRecord(Base):
+    """A folder the last run over its root could not read: the rows under it were kept, unseen."""
+
+    __tablename__ = "unreadable_folders"
+
+    path: Mapped[str] = mapped_column(FsPath, primary_key=True)
+    error: Mapped[str] = mapped_column(Text)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class LibraryModel(Base):
@@ -163,8 +177,11 @@ class LibraryStore:
         with self.session() as s, s.begin():
             s.execute(update(LibraryModel).values(index_generation=generation))
 
-    def mark_indexed(self, roots: Iterable[str]) -> None:
+    def mark_indexed(self, roots: Iterable[str], unreadable: dict[str, str]) -> None:
+        """A run over these roots finished; ``unreadable`` (path → reason) replaces what earlier runs
+        recorded under them."""
         now = utcnow()
+        UnreadableFolderRecord.__table__.create(self.engine, checkfirst=True)  # libraries made before it existed
         with self.session() as s, s.begin():
             for root in roots:
                 row = s.scalars(select(Root).where(Root.path == root)).first()
@@ -172,6 +189,8 @@ class LibraryStore:
                     s.add(Root(path=root, last_indexed_at=now))
                 else:
                     row.last_indexed_at = now
+                s.execute(delete(UnreadableFolderRecord).where(at_or_under(root, UnreadableFolderRecord.path)))
+            s.add_all(UnreadableFolderRecord(path=path, error=error, seen_at=now) for path, error in unreadable.items())
             s.execute(update(LibraryModel).values(last_indexed_at=now))
 
     def roots(self) -> list[Root]:
@@ -215,6 +234,16 @@ class LibraryStore:
         counts = dict(rows)
         return {"pictures": counts.get(OK, 0), "failed": counts.get(FAILED, 0)}
 
+    def unreadable_folders(self) -> list[dict]:
+        """Folders the last runs could not read ({path, error, pictures_kept}), with the rows now kept under
+        each; none for a library made before this was recorded."""
+        if not inspect(self.engine).has_table(UnreadableFolderRecord.__tablename__):
+            return []
+        with self.session() as s:
+            folders = s.scalars(select(UnreadableFolderRecord).order_by(UnreadableFolderRecord.path)).all()
+            return [{"path": f.path, "error": f.error,
+                     "pictures_kept": s.scalar(select(func.count()).where(at_or_under(f.path)))} for f in folders]
+
     def failures(self) -> list[tuple[str, str]]:
         with self.session() as s:
             return [(r.path, r.error) for r in s.execute(
@@ -249,11 +278,16 @@ class LibraryStore:
         return np.asarray(ids, dtype=np.int64)
 
 
-def under_clause(folder: str) -> tuple:
-    """Rows whose path is inside ``folder``: a byte-range on the path, so it uses the unique index."""
+def under_clause(folder: str, column=Picture.path) -> tuple:
+    """Rows whose path (``column``) is inside ``folder``: a byte-range on the path, so it uses the path's index."""
     prefix = os.fsencode(folder.rstrip(os.sep) + os.sep)
     # Every path starting with prefix sorts in [prefix, prefix + 0xff...); 0xff never occurs in UTF-8.
-    return (Picture.path >= os.fsdecode(prefix), Picture.path < os.fsdecode(prefix + b"\xff"))
+    return (column >= os.fsdecode(prefix), column < os.fsdecode(prefix + b"\xff"))
+
+
+def at_or_under(path: str, column=Picture.path):
+    """Rows whose path (``column``) is ``path`` itself or inside it."""
+    return or_(column == path, and_(*under_clause(path, column)))
 
 
 def vector_bytes(vector: np.ndarray) -> bytes:

@@ -155,8 +155,21 @@ def index(
     rate = s.embedded / s.seconds if s.seconds else 0.0
     typer.echo(f"{s.added} added, {s.updated} updated, {s.moved} moved, {s.removed} removed, {s.failed} failed, "
                f"{s.unchanged} unchanged ({s.embedded} embedded in {s.seconds:.1f}s, {rate:.1f} pictures/s)")
+    if s.unreadable_folders:
+        typer.echo("\n".join(unreadable_report(s.unreadable_folders, s.pictures_kept, limit=10)))
     if s.failed:
         typer.echo(f"see the failures with: search status --failed --library {folder}")
+
+
+def unreadable_report(folders: list[dict], kept: int, limit: int | None = None) -> list[str]:
+    """"N folders could not be read; their M pictures were kept", then one line per folder with its reason."""
+    one, n = len(folders) == 1, len(folders)
+    lines = [f"{n} folder{'' if one else 's'} could not be read; {'its' if one else 'their'} {kept} "
+             f"picture{'' if kept == 1 else 's'} {'was' if kept == 1 else 'were'} kept"]
+    lines += [f"  {f['path']}: {f['error']} ({f['pictures_kept']} kept)" for f in folders[:limit]]
+    if limit is not None and n > limit:
+        lines.append(f"  ... and {n - limit} more (`search status` lists them all)")
+    return lines
 
 
 SORTS = ("score", "date", "path")
@@ -283,6 +296,9 @@ def status(
                f"model:     {model['architecture']} ({model['weights']}), dim {model['embed_dim']}, "
                f"fingerprint {model['fingerprint']}\nroots:     {', '.join(info['roots']) or '-'}\n"
                f"indexed:   {info['last_indexed'] or 'never'}")
+    if info["unreadable_folders"]:
+        report = unreadable_report(info["unreadable_folders"], info["pictures_kept"])
+        typer.echo("\n".join([f"unreadable: {report[0]}", *report[1:]]))
     for path, error in failures:
         typer.echo(f"{path}\t{error}")
 

@@ -238,6 +238,7 @@ class SearchEngine:
     def status(self) -> dict:
         record = self.record
         counts = self.library.store.counts()
+        unreadable = self.library.store.unreadable_folders()
         return {
             "library": str(self.library.folder),
             **counts,
@@ -245,4 +246,7 @@ class SearchEngine:
                       "fingerprint": record.fingerprint, "embed_dim": record.embed_dim},
             "roots": [root.path for root in self.library.store.roots()],
             "last_indexed": record.last_indexed_at.isoformat(timespec="seconds") if record.last_indexed_at else None,
+            # Folders the last run over their root could not read; the rows under them were kept as they were.
+            "unreadable_folders": unreadable,
+            "pictures_kept": sum(folder["pictures_kept"] for folder in unreadable),
         }
