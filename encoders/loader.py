@@ -41,6 +41,8 @@ def _weights_file(folder: Path) -> Path:
 
 
 def _check_known(spec: ModelSpec) -> None:
+    if spec.is_hub and spec.model == spec.pretrained:
+        return  # the repo's own architecture, read from its config when loading
     if spec.model not in open_clip.list_models():
         raise ModelError(f"unknown model {spec.model!r}; see open_clip.list_models() (e.g. ViT-B-32, RN50, "
                          "clipsearch-tiny)")
@@ -50,6 +52,36 @@ def _check_known(spec: ModelSpec) -> None:
     if spec.pretrained not in tags:
         raise ModelError(f"no pretrained tag {spec.pretrained!r} for {spec.model}; known tags: "
                          f"{', '.join(tags) or 'none'} (or --pretrained none, or --checkpoint PATH)")
+
+
+# Starting values, not architecture: a config that differs only in these builds the same network.
+_INITIAL_VALUES = ("init_logit_scale", "init_logit_bias")
+
+
+def _architecture(model_cfg: dict) -> dict:
+    return {k: v for k, v in model_cfg.items() if k not in _INITIAL_VALUES}
+
+
+def check_hub_architecture(model: str, hub_name: str) -> None:
+    """A zoo name given with ``--pretrained hf-hub:...`` must be the repo's architecture (its config says)."""
+    theirs = open_clip.get_model_config(hub_name)
+    if theirs is None:
+        raise ModelError(f"{hub_name} has no model_cfg in its open_clip_config.json")
+    if _architecture(open_clip.get_model_config(model) or {}) != _architecture(theirs):
+        raise ModelError(f"--model {model} is not the architecture of {hub_name}; leave --model out to use the "
+                         "repo's own configuration and tokenizer")
+
+
+def model_config(name: str) -> dict:
+    """open_clip's model config for a zoo name, ``local-dir:FOLDER`` or ``hf-hub:ORG/REPO`` (from the hub's cache)."""
+    try:
+        with _downloads_if_online(), _quiet_open_clip():
+            config = open_clip.get_model_config(name)
+    except Exception as e:  # the hub client reports a missing download through many exception types
+        raise ModelError(f"cannot read the configuration of {name}: {type(e).__name__}; {OFFLINE_HINT}") from e
+    if config is None:
+        raise ModelError(f"unknown model {name!r}; see open_clip.list_models() (e.g. ViT-B-32, RN50, clipsearch-tiny)")
+    return dict(config)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -97,26 +129,29 @@ def _create(spec: ModelSpec, device: torch.device):
         model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
         return model, preprocess, open_clip.get_tokenizer(name), hub_folder_architecture(folder), file_digest(weights)
     _check_known(spec)
-    tokenizer = open_clip.get_tokenizer(spec.model)
     if spec.checkpoint:
         model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=spec.checkpoint,
                                                                      device=device, weights_only=True)
-        return model, preprocess, tokenizer, spec.model, file_digest(spec.checkpoint)
+        return model, preprocess, open_clip.get_tokenizer(spec.model), spec.model, file_digest(spec.checkpoint)
     if spec.is_random:
         warnings.warn(f"RANDOM WEIGHTS: {spec.model} with --pretrained none gives meaningless rankings; "
                       "use it for tests and benchmarks only", stacklevel=3)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(spec.model, device=device)
-        return model, preprocess, tokenizer, spec.model, f"{spec.weights}:torch-{torch.__version__.split('+')[0]}"
+        return (model, preprocess, open_clip.get_tokenizer(spec.model), spec.model,
+                f"{spec.weights}:torch-{torch.__version__.split('+')[0]}")
     with _downloads_if_online():
         if spec.is_hub:
+            # open_clip reads the repo's config: its architecture, preprocessing and tokenizer.
             name = spec.pretrained
+            if spec.model != name:
+                check_hub_architecture(spec.model, name)
             model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
             return model, preprocess, open_clip.get_tokenizer(name), spec.model, spec.weights
         model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=spec.pretrained,
                                                                      device=device)
-        return model, preprocess, tokenizer, spec.model, spec.weights
+        return model, preprocess, open_clip.get_tokenizer(spec.model), spec.model, spec.weights
 
 
 def sentence(error: BaseException) -> str:
@@ -125,8 +160,12 @@ def sentence(error: BaseException) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def load_encoder(spec: ModelSpec, device: str | torch.device | None = None) -> ClipEncoder:
-    """The model in eval mode on the best device (CUDA if present), with its transform and tokenizer."""
+def load_encoder(spec: ModelSpec, device: str | torch.device | None = None, for_training: bool = False) -> ClipEncoder:
+    """The model in eval mode on the best device (CUDA if present), with its transform and tokenizer.
+
+    ``for_training``: the model keeps the ``requires_grad`` of each parameter as its architecture
+    built it (a fixed sin-cos position embedding, towers a config freezes stay frozen).
+    """
     device = torch.device(device) if device is not None else best_device()
     try:
         with _quiet_open_clip():
@@ -141,7 +180,9 @@ def load_encoder(spec: ModelSpec, device: str | torch.device | None = None) -> C
         if spec.checkpoint:
             raise ModelError(f"cannot load checkpoint {spec.checkpoint}: {reason}") from e
         raise ModelError(f"cannot get weights {spec.weights} for {spec.model}: {reason} {OFFLINE_HINT}") from e
-    model.eval().requires_grad_(False)
+    model.eval()
+    if not for_training:
+        model.requires_grad_(False)
     embed_dim = int(model.text_projection.shape[-1] if hasattr(model, "text_projection")
                     and model.text_projection is not None else model.visual.output_dim)
     fingerprint = ModelFingerprint(architecture=architecture, weights=spec.weights, weights_digest=digest,

@@ -28,7 +28,8 @@ class ModelSpec:
     ``pretrained`` is an open_clip tag (``laion2b_s34b_b79k``), a Hugging Face hub id
     (``hf-hub:org/repo``) or ``none`` for random weights; ``checkpoint`` is a local file
     (``.safetensors``/``.pt``, needs ``model``) or a folder in open_clip's hub format, which
-    carries its own architecture.
+    carries its own architecture. A hub repo carries its own architecture too: ``model`` is then
+    the hub id itself (open_clip's name for it), or a zoo name that must match the repo's config.
     """
 
     model: str = DEFAULT_MODEL
@@ -46,6 +47,12 @@ class ModelSpec:
             if path.is_file() and model is None:
                 raise ModelError(f"--checkpoint {checkpoint} is a weights file: name its architecture with --model")
             return cls(model=model or "", pretrained=None, checkpoint=str(path.resolve()))
+        if model is None and pretrained is not None and pretrained.startswith(HUB_PREFIX):
+            model = pretrained  # the hub repo's own architecture
+        if model is not None and model.startswith(HUB_PREFIX):
+            if pretrained not in (None, model):
+                raise ModelError(f"--model {model} is a hub repo with its own weights: leave out --pretrained")
+            return cls(model=model, pretrained=model, checkpoint=None)
         model = model or DEFAULT_MODEL
         if pretrained is None:
             pretrained = DEFAULT_PRETRAINED if model == DEFAULT_MODEL else NO_WEIGHTS if model == TINY_MODEL else None

@@ -15,8 +15,8 @@ import torch
 from sqlalchemy import delete, select
 
 from encoders import ClipEncoder
+from encoders.decode import MAX_PIXELS
 
-from .decode import MAX_PIXELS
 from .library import Library, LibraryError, storage_error
 from .prepare import Prepared, SplitPreprocess, prepare_file
 from .scan import ScannedFile, ScanOptions, UnreadableFolder, scan

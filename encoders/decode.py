@@ -1,15 +1,21 @@
-"""Open one picture file safely: every failure becomes a reason string, never an exception upward."""
+"""Open one picture safely: every failure becomes a reason string, never an exception upward.
+
+The one decoder of the project: the indexer embeds what it returns, and the trainer trains and
+validates on it, so a model sees at training time exactly the pixels it is searched with.
+"""
 
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from encoders import prepare_image
+from .images import prepare_image
 
 try:
     import simplejpeg
@@ -18,6 +24,7 @@ except ImportError:  # an optional speed-up: Pillow decodes the same pixels a li
 
 # 200 megapixels: beyond any camera (a 100 MP medium-format frame fits), far below a bomb.
 MAX_PIXELS = 200_000_000
+MAX_FILE_BYTES = 1 << 30  # 1 GiB: no picture we can embed is bigger; reading more would only eat memory
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 EXIF_DATE_TAKEN = 0x9003  # DateTimeOriginal, in the Exif sub-IFD
 EXIF_IFD = 0x8769
@@ -36,6 +43,30 @@ class DecodedPicture:
     width: int  # of the full picture, as displayed (after EXIF orientation)
     height: int
     taken_at: datetime | None
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of a regular file; never blocks on a FIFO or a device that replaced it since the scan."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DecodeError("not a regular file (device, FIFO or socket)")
+        check_file_size(st.st_size)
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 22)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def check_file_size(size: int) -> None:
+    if size > MAX_FILE_BYTES:
+        raise DecodeError(f"file too large to be a picture ({size:,} bytes)")
 
 
 def _date_taken(image: Image.Image) -> datetime | None:
