@@ -18,6 +18,19 @@ from .vectors import VectorIndex
 LOCK_NAME = "library.lock"
 
 
+DEAD_HOLDER_GRACE = 10.0  # seconds a dead writer's children may keep the lock while they exit
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class LibraryError(Exception):
     """A library that cannot be used as asked; the message says what to do."""
 
@@ -86,14 +99,19 @@ class Library:
             raise storage_error(e, self.folder) or LibraryError(f"cannot lock {self.folder}: {e}") from e
         with handle:
             deadline = time.monotonic() + wait
+            grace = True
             while True:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    handle.seek(0)
+                    holder = handle.read().strip()
+                    if grace and holder.isdigit() and not _alive(int(holder)):
+                        # The writer is gone (killed, Ctrl-C): its decode workers, which share the lock, exit
+                        # within moments of it. Re-running the command right away must not be refused.
+                        deadline, grace = max(deadline, time.monotonic() + DEAD_HOLDER_GRACE), False
                     if time.monotonic() >= deadline:
-                        handle.seek(0)
-                        holder = handle.read().strip()
                         who = f" (process {holder})" if holder.isdigit() else ""
                         raise LibraryBusy(f"another `search index`{who} is writing to {self.folder}; wait for it "
                                           f"to finish, then run this command again") from None

@@ -193,6 +193,11 @@ class LibraryStore:
             s.add_all(UnreadableFolderRecord(path=path, error=error, seen_at=now) for path, error in unreadable.items())
             s.execute(update(LibraryModel).values(last_indexed_at=now))
 
+    def forget_unreadable(self, s: Session, root: str) -> None:
+        """A root forgotten by `search remove` takes its unreadable-folder records along."""
+        if inspect(s.connection()).has_table(UnreadableFolderRecord.__tablename__):
+            s.execute(delete(UnreadableFolderRecord).where(at_or_under(root, UnreadableFolderRecord.path)))
+
     def roots(self) -> list[Root]:
         with self.session() as s:
             return list(s.scalars(select(Root).order_by(Root.path)))

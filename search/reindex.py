@@ -88,6 +88,14 @@ def reindex(library: Library, encoder: ClipEncoder, options: IndexOptions | None
                 shutil.rmtree(stage)  # a half-built library for another model
         new = Library.open(stage, create=True)
         summary = index_folders(new, encoder, roots, options or IndexOptions(), progress or Progress())
+        if summary.unreadable_folders:  # their pictures are in the old library only: swapping would lose them
+            first = summary.unreadable_folders[0]
+            more = len(summary.unreadable_folders) - 1
+            raise LibraryError(
+                f"{first['path']} could not be read ({first['error']})" + (f" nor {more} more folders" if more else "")
+                + f"; the library still uses {record.architecture}, since switching now would drop the pictures "
+                "there: make them readable (or forget them with `search remove`) and run the same command again, "
+                "which keeps what was embedded so far")
         after = new.store.counts()["pictures"]
         tags = copy_tags(library.store, new.store)
         new.store.engine.dispose()

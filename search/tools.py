@@ -256,6 +256,7 @@ def remove_paths(library: Library, paths: Sequence[str | os.PathLike]) -> Remove
                 ids |= found
                 for root in roots:
                     gone_roots.append(root.path)
+                    store.forget_unreadable(s, root.path)
                     s.delete(root)
             if ids:
                 id_list = sorted(ids)

@@ -182,3 +182,28 @@ def test_read_only_library_gives_a_clear_message_and_is_left_as_it_was(tmp_path,
     assert result.returncode == 2, result.stdout + result.stderr
     assert "read-only" in result.stderr and "Traceback" not in result.stderr
     assert _fingerprint(library) == before
+
+
+def test_a_killed_writers_children_do_not_turn_the_next_run_away(tmp_path):
+    """A writer killed mid-run leaves decode workers that share its lock for a moment; running the same command
+    again right away gets the library once they are gone, instead of being refused."""
+    library = indexer.Library.open(tmp_path / "lib", create=True)
+    code = """
+import fcntl, os, sys, time
+handle = open(sys.argv[1], "a+")
+fcntl.flock(handle, fcntl.LOCK_EX)
+handle.write(f"{os.getpid()}\\n"); handle.flush()
+if os.fork() == 0:  # a decode worker: holds the inherited lock until it notices its parent is gone
+    os.close(1), os.close(2)  # not the test's pipes: only the lock
+    time.sleep(1.5)
+    os._exit(0)
+print("locked", flush=True)
+os._exit(0)  # the writer dies (as with kill -9), its child still holding the lock
+"""
+    writer = subprocess.run([sys.executable, "-c", code, str(library.folder / "library.lock")], capture_output=True,
+                            text=True, timeout=60)
+    assert writer.stdout.strip() == "locked"
+    started = time.monotonic()
+    with library.writer_lock(wait=0):
+        waited = time.monotonic() - started
+    assert waited > 0.5, "the lock was free at once: the test did not arrange the dying child"

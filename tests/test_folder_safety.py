@@ -20,7 +20,7 @@ from conftest import ROOT, TINY, draw_picture, make_pictures, run_cli
 from sqlalchemy import inspect, select
 from test_index import assert_faiss_matches_db
 
-from indexer import OK, IndexOptions, Library, index_folders
+from indexer import OK, IndexOptions, Library, LibraryError, index_folders
 from indexer.hashes import content_hash
 from indexer.scan import ScannedFile, UnreadableFolder, scan
 from indexer.store import Picture, UnreadableFolderRecord
@@ -396,3 +396,45 @@ def test_scan_reports_what_it_could_not_read(tmp_path):
                                                         "broken symbolic link (No such file or directory)")]
     files = {Path(f.path).name: f for f in found if isinstance(f, ScannedFile)}
     assert set(files) == {"gone.jpg", "pic000.png"} and "broken symbolic link" in files["gone.jpg"].problem
+
+
+def test_reindex_never_switches_away_from_pictures_it_could_not_see(photos, library, tiny_encoder, tmp_path):
+    """The new library is built from what the scan sees: with a folder unreadable it would lack its pictures."""
+    from search.reindex import reindex
+    from search.tools import remove_paths
+
+    disk = tmp_path / "disk"
+    make_pictures(disk, 3, start=70)
+    (photos / "camera").symlink_to(disk, target_is_directory=True)
+    index_folders(library, tiny_encoder, [photos], FAST)
+    before = (library.model.fingerprint, sorted(rows(library)))
+    disk.rename(tmp_path / "unplugged")
+    other = load_other_model(tiny_encoder, tmp_path)
+    with pytest.raises(LibraryError, match="could not be read .*run the same command again"):
+        reindex(library, other, FAST)
+    reopened = Library.open(library.folder)
+    assert (reopened.model.fingerprint, sorted(rows(reopened))) == before
+
+    (tmp_path / "unplugged").rename(disk)
+    summary = reindex(reopened, other, FAST)  # resumes the half-built library, then switches
+    assert summary.pictures_after == len(before[1]) == 14
+    assert Library.open(library.folder).model.fingerprint == other.fingerprint.id
+
+    disk.rename(tmp_path / "unplugged")  # a root forgotten with `search remove` takes its records along
+    index_folders(Library.open(library.folder), other, [photos], FAST)
+    assert SearchEngine(library.folder).status()["unreadable_folders"]
+    remove_paths(Library.open(library.folder), [photos])
+    assert SearchEngine(library.folder).status()["unreadable_folders"] == []
+
+
+def load_other_model(encoder, tmp_path):
+    """The tiny model with other weights: a checkpoint file, as a user's fine-tuned model would be."""
+    import torch
+    from safetensors.torch import save_file
+
+    from encoders import ModelSpec, load_encoder
+
+    state = {k: (v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v).contiguous()
+             for k, v in encoder.model.state_dict().items()}
+    save_file(state, str(tmp_path / "other.safetensors"))
+    return load_encoder(ModelSpec.from_options("clipsearch-tiny", None, str(tmp_path / "other.safetensors")))
