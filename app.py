@@ -1,5 +1,5 @@
 """`streamlit run app.py [-- --library DIR]`: the search page (the same as `search app`)."""
 
-from search.webapp import main
+from search.web.page import main
 
 main()

@@ -465,23 +465,31 @@ def export(
 @clean_errors
 def run_app(
     library: LibraryOption = None,
-    port: Annotated[int, typer.Option("--port", help="Port of the web page.")] = 8501,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port of the web page.")] = 8501,
     host: Annotated[str, typer.Option("--host", help="Address to bind; other machines cannot reach localhost.")]
     = "127.0.0.1",
+    no_token: Annotated[bool, typer.Option(
+        "--no-token", help="Serve the page without its key. Normally it opens only from the link printed here, "
+        "whose key is new at every start; without it, every user of this machine who opens the address (and "
+        "any program they run) sees your pictures. Refused with a --host that other machines can reach.")] = False,
 ):
-    """Open the search page in a browser (Streamlit, on this machine only by default)."""
+    """Open the search page in a browser (Streamlit, on this machine only by default, behind a per-start key)."""
     import importlib.util
-    import subprocess
 
     if importlib.util.find_spec("streamlit") is None:
         raise fail("the search page needs Streamlit, which is missing from this environment: "
                    "pip install streamlit (or reinstall clipsearch, which depends on it)")
-    page = Path(__file__).with_name("webapp.py")
-    command = [sys.executable, "-m", "streamlit", "run", str(page), "--server.address", host,
-               "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--client.toolbarMode", "minimal", "--client.showErrorDetails", "type", "--",
-               "--library", str(resolve_library_dir(library))]
-    raise typer.Exit(subprocess.call(command))
+    from .web.access import is_loopback
+    from .web.launch import LaunchError, serve
+
+    if no_token and not is_loopback(host):
+        raise fail(f"--no-token serves the page to whoever reaches {host}:{port}: use it only with a --host of "
+                   f"this machine (127.0.0.1 or localhost), or keep the key")
+    try:
+        code = serve(resolve_library_dir(library), host, port, token=not no_token)
+    except LaunchError as e:
+        raise fail(str(e)) from None
+    raise typer.Exit(code)
 
 
 def _register_optional_commands() -> None:

@@ -19,7 +19,7 @@ def write_heic(path, seed: int) -> None:
 def test_heic_photos_are_indexed_found_and_previewed(tmp_path):
     from encoders import picture_extensions
     from indexer import decode_picture
-    from search.thumbnails import make_preview
+    from search.web.thumbnails import make_preview
 
     assert {".heic", ".heif"} <= picture_extensions()
     photos = tmp_path / "photos"

@@ -1,13 +1,15 @@
-"""The search page: `streamlit run app.py` or `search app` (which runs this file).
+"""The search page: `search app` (which runs this file), `streamlit run app.py`, or this file itself.
 
 Words, a picture, or both, against one library; a grid of thumbnails ranked by score; a
-large view with the file's facts; "more like this" under every result. The library comes
-from `-- --library DIR` on the command line, else $SEARCH_LIBRARY, else the per-user
-folder, and can be changed in the sidebar.
+large view with the file's facts; "more like this" under every result. The page serves one
+library, fixed when it starts: `-- --library DIR` on the command line, else $SEARCH_LIBRARY,
+else the per-user folder.
 
-Safety: the only files this page reads are rows of the library, looked up by row id (an
-uploaded picture is decoded from memory, never saved); text typed into the page is
-never used as a path to open.
+Safety: a visitor sees nothing without the server's key (access.py; `-- --no-token` turns it
+off, on this machine's own addresses only). The only files the page reads are rows of the
+library that lie inside the library's folders, looked up by row id (served.py); an uploaded
+picture is decoded from memory, never saved, within a byte cap and the decoder's memory bound.
+Text typed into the page is never used as a path to open.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import streamlit as st
 
 from search.library import resolve_library_dir
+from search.web.access import NO_TOKEN_FLAG, TOKEN_PARAM, is_loopback, server_token, token_matches
 
 log = logging.getLogger("clipsearch.app")
 
@@ -37,7 +40,10 @@ PAGE_STYLE = f"""<style>
 .block-container {{ padding-top: 2.5rem; }}
 </style>"""
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif"]
-MAX_UPLOAD_MB = 50
+MAX_UPLOAD_MB = 50  # as the server's own cap, server.maxUploadSize in .streamlit/config.toml
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024  # Streamlit's megabytes
+NEEDS_KEY = ("This page opens only from the link with its key, printed in the terminal that started it "
+             "(by `search app` or `streamlit run`).")
 SORTS = {"score": "Best match", "date": "Newest first", "path": "File path"}
 
 
@@ -58,8 +64,15 @@ def library_from_argv(argv: list[str]) -> str | None:
     return None
 
 
-def default_library() -> str:
+def library_folder() -> str:
+    """The one library this page serves, fixed for the server's life."""
     return str(resolve_library_dir(library_from_argv(sys.argv[1:])))
+
+
+def check_upload_size(size: int, name: str) -> None:
+    """Before reading an upload's bytes: no bigger than the uploader allows (a client can send more)."""
+    if size > MAX_UPLOAD_BYTES:
+        raise UploadError(f"“{name}” is {human_size(size)}: the page takes pictures up to {MAX_UPLOAD_MB} MB.")
 
 
 def read_upload(data: bytes, name: str, min_side: int):
@@ -68,10 +81,11 @@ def read_upload(data: bytes, name: str, min_side: int):
 
     if not data:
         raise UploadError(f"“{name}” is empty: choose a picture file (JPEG, PNG, WebP, …)")
+    check_upload_size(len(data), name)
     try:
         return decode_picture(data, min_side).image
-    except DecodeError as e:
-        raise UploadError(f"“{name}” cannot be read as a picture ({e}). Try a JPEG or PNG file.") from None
+    except DecodeError as e:  # not a picture, or too big to decode (pixels, memory): the decoder's one line
+        raise UploadError(f"“{name}” cannot be used: {e}.") from None
 
 
 def human_size(n: int) -> str:
@@ -103,7 +117,7 @@ class Opened:
     """One library as the page uses it: the engine (model, FAISS) and the thumbnail cache."""
 
     engine: object  # search.SearchEngine
-    thumbs: object  # search.thumbnails.Thumbnails
+    thumbs: object  # search.web.thumbnails.Thumbnails
     lock: threading.Lock
 
 
@@ -111,7 +125,7 @@ class Opened:
 def open_library(folder: str, fingerprint: str) -> Opened:
     """Once per library and model: a re-index refreshes the FAISS index inside the engine."""
     from search import SearchEngine
-    from search.thumbnails import Thumbnails
+    from search.web.thumbnails import Thumbnails
 
     engine = SearchEngine(folder)
     return Opened(engine=engine, thumbs=Thumbnails(engine.library), lock=threading.Lock())
@@ -180,6 +194,7 @@ def forget_like() -> None:
 
 def upload_vector(opened: Opened, uploaded):
     """The uploaded picture's vector, computed once per upload."""
+    check_upload_size(uploaded.size, uploaded.name)
     data = uploaded.getvalue()
     key = ("upload", hashlib.blake2b(data, digest_size=16).hexdigest(), opened.engine.record.fingerprint)
     cache = st.session_state.setdefault("upload_vectors", {})
@@ -214,9 +229,10 @@ def query_box(opened: Opened):
     elif "like" in st.session_state:
         row_id = st.session_state["like"]
         row = opened.engine.library.store.pictures([row_id]).get(row_id)
-        if row is None:
+        refused = None if row is None else outside_note(opened, row.path)
+        if row is None or refused:
             forget_like()
-            st.warning("That picture is no longer in the library.")
+            st.warning(refused or "That picture is no longer in the library.")
         else:
             picture = Term(row.path, is_image=True)
             label = f"“{Path(row.path).name}”"
@@ -231,10 +247,21 @@ def query_box(opened: Opened):
     return text, picture, label, weight
 
 
+def outside_note(opened: Opened, path: str) -> str | None:
+    """Why a row's file may not be read ("more like this" reads it when it changed since indexing), or None."""
+    from search.web.served import OutsideLibrary, inside_roots, real_roots
+
+    try:
+        inside_roots(path, real_roots(opened.engine.library))
+    except OutsideLibrary as e:
+        return str(e)
+    return None
+
+
 def show_thumbnail(opened: Opened, row_id: int, width: int | str = "stretch", size: int | None = None,
                    data=None) -> bool:
     """A preview of a library row (made now unless ``data`` holds it already, or the reason it can't be shown)."""
-    from search.thumbnails import GRID_SIZE, PreviewError
+    from search.web.thumbnails import GRID_SIZE, PreviewError
 
     if data is None:
         try:
@@ -250,7 +277,7 @@ def show_thumbnail(opened: Opened, row_id: int, width: int | str = "stretch", si
 
 @st.dialog("Picture", width="large")
 def show_picture(opened: Opened, result) -> None:
-    from search.thumbnails import VIEW_SIZE
+    from search.web.thumbnails import VIEW_SIZE
 
     path = Path(result.path)
     picture, details = st.columns([3, 2])
@@ -325,12 +352,10 @@ def page() -> None:
 
     st.html(PAGE_STYLE)
     st.title("Picture search")
+    folder = library_folder()
     st.sidebar.header("Library")
-    if "library" not in st.session_state:
-        st.session_state["library"] = default_library()
-    folder_text = st.sidebar.text_input("Library folder", key="library",
-                                        help="The folder given to `search index --library` (or $SEARCH_LIBRARY).")
-    folder = str(resolve_library_dir(folder_text.strip() or None))
+    st.sidebar.code(folder, language=None, wrap_lines=True)
+    st.sidebar.caption("To search another library, start the page again with `search app --library DIR`.")
 
     try:
         library = open_store(folder)
@@ -388,10 +413,33 @@ def page() -> None:
     results_grid(opened, results)
 
 
+def admitted() -> bool:
+    """Whether this session may see the page. Without a key (`--no-token`) only on a loopback address;
+    with one, once the session has shown it (kept in the session, so later reruns need not)."""
+    address = st.get_option("server.address")
+    if NO_TOKEN_FLAG in sys.argv[1:]:
+        if is_loopback(address):
+            return True
+        note = (f"This page is not served: it has no key (--no-token) and listens on {address or 'every address'}, "
+                f"which other machines can reach. Start it on 127.0.0.1, or with its key.")
+        print(note, file=sys.stderr, flush=True)
+        st.error(note)
+        return False
+    if st.session_state.get("admitted"):
+        return True
+    key = server_token(address, st.get_option("server.port"), st.get_option("server.baseUrlPath") or "")
+    if token_matches(st.query_params.get(TOKEN_PARAM), key):
+        st.session_state["admitted"] = True
+        return True
+    st.markdown(NEEDS_KEY)
+    return False
+
+
 def main() -> None:
     st.set_page_config(page_title="clipsearch", page_icon=":material/image_search:", layout="wide")
     try:
-        page()
+        if admitted():
+            page()
     except Exception as e:  # never a traceback on the page: one readable line, details in the server log
         from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
