@@ -1,12 +1,15 @@
 """The search page in a real browser: the app as a subprocess, Debian's headless Chromium driven by Playwright.
 
 The tiny model has random weights, so the deterministic checks are picture queries: an
-upload of a library picture, and "more like this", each find that picture first.
+upload of a library picture, and "more like this", each find that picture first. The page
+opens only from the link with its key, which the tests read from the server's output as a
+user reads it from the terminal.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -34,6 +37,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 START_TIMEOUT = 90  # seconds for the server to answer; the first query also imports torch
 UI_TIMEOUT = 60_000  # milliseconds for the page to show something
 COLOURS = ["crimson", "forestgreen", "royalblue", "darkorange", "indigo", "gold", "teal", "hotpink"]
+NEEDS_KEY = "This page opens only from the link with its key"
 
 
 def make_pictures(folder: Path) -> list[Path]:
@@ -82,7 +86,8 @@ def library(tmp_path_factory):
 
 def start_server(command: list[str], port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("SEARCH_LIBRARY", None)
+    for name in ("SEARCH_LIBRARY", "SEARCH_APP_TOKEN", "BROWSER", "DISPLAY", "WAYLAND_DISPLAY"):
+        env.pop(name, None)
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
@@ -122,6 +127,26 @@ def browser():
         browser.close()
 
 
+def printed_link(log: Path, pattern: str) -> str:
+    """The link with the key, as the server printed it for the user."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        found = re.search(pattern, log.read_text())
+        if found:
+            return found.group(1)
+        time.sleep(0.3)
+    pytest.fail(f"no link printed within {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
+
+
+def shows_only_the_note(page, url: str) -> None:
+    """Without the key: one line, no library, no pictures, nothing to search with."""
+    page.goto(url)
+    sync_api.expect(page.get_by_text(NEEDS_KEY)).to_be_visible(timeout=UI_TIMEOUT)
+    assert page.locator("img").count() == 0 and page.locator("input").count() == 0
+    body = page.locator("body").inner_text()
+    assert "pictures" not in body.lower() and "library" not in body.lower()
+
+
 def first_card(page):
     return page.locator('[class*="st-key-result-"]').first
 
@@ -139,8 +164,12 @@ def test_search_in_a_real_browser(library, browser, tmp_path):
                            "--library", str(library["dir"])], port, tmp_path / "server.log")
     expect = sync_api.expect
     try:
+        # `streamlit run` without `search app`: the first visit gets the note, the terminal the link.
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"http://127.0.0.1:{port}/")
+        shows_only_the_note(page, f"http://127.0.0.1:{port}/")
+        link = printed_link(tmp_path / "server.log", rf"(http://127\.0\.0\.1:{port}/\?token=[\w-]+)")
+        shows_only_the_note(page, link[:-3])  # a wrong key
+        page.goto(link)
         box = page.locator('input[aria-label="Search your pictures"]')
         box.wait_for(timeout=UI_TIMEOUT)
         expect(page.get_by_text(f"{len(library['pictures'])} pictures", exact=True)).to_be_visible()
@@ -191,25 +220,57 @@ def test_search_in_a_real_browser(library, browser, tmp_path):
     assert "Traceback" not in (tmp_path / "server.log").read_text()
 
 
-def test_search_app_command_serves_the_library_on_localhost(library, browser, tmp_path):
-    """`search app --library DIR --port N`: the CLI's launcher, the same page, bound to 127.0.0.1."""
+def search_app(library, port: int, log: Path, *options: str) -> subprocess.Popen:
     search = shutil.which("search", path=str(Path(sys.executable).parent)) or "search"
+    return start_server([search, "app", "--library", str(library["dir"]), "--port", str(port), *options], port, log)
+
+
+def not_on_other_addresses(port: int) -> None:
+    with socket.socket() as s:
+        addresses = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+        outside = next((a for a in addresses if not a.startswith("127.")), None)
+        if outside:
+            assert s.connect_ex((outside, port)) != 0
+
+
+def the_page_searches(page, library) -> None:
+    """The library is shown read-only (no field to open another), and an upload finds itself first."""
+    sync_api.expect(page.get_by_text(str(library["dir"]), exact=True)).to_be_visible(timeout=UI_TIMEOUT)
+    assert page.locator('input[aria-label="Library folder"]').count() == 0
+    target = library["pictures"][1]
+    page.locator('input[type="file"]').set_input_files(str(target))
+    sync_api.expect(first_card(page)).to_contain_text(target.name, timeout=UI_TIMEOUT)
+
+
+def test_search_app_command_serves_the_library_on_localhost(library, browser, tmp_path):
+    """`search app --library DIR --port N`: the CLI's launcher, the same page, bound to 127.0.0.1, behind the key
+    of the link it prints."""
     port = free_port()
-    server = start_server([search, "app", "--library", str(library["dir"]), "--port", str(port)], port,
-                          tmp_path / "server.log")
+    server = search_app(library, port, tmp_path / "server.log")
     try:
-        with socket.socket() as s:  # not on the machine's other addresses
-            addresses = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
-            outside = next((a for a in addresses if not a.startswith("127.")), None)
-            if outside:
-                assert s.connect_ex((outside, port)) != 0
+        not_on_other_addresses(port)
+        link = printed_link(tmp_path / "server.log", r"The search page: (http://\S+)")
+        assert link.startswith(f"http://127.0.0.1:{port}/?token=")
         page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port}/")
-        library_box = page.locator('input[aria-label="Library folder"]')
-        library_box.wait_for(timeout=UI_TIMEOUT)
-        assert library_box.input_value() == str(library["dir"])
-        target = library["pictures"][1]
-        page.locator('input[type="file"]').set_input_files(str(target))
-        sync_api.expect(first_card(page)).to_contain_text(target.name, timeout=UI_TIMEOUT)
+        shows_only_the_note(page, f"http://127.0.0.1:{port}/")
+        shows_only_the_note(page, f"http://127.0.0.1:{port}/?token=guess")
+        page.goto(link)
+        the_page_searches(page, library)
+    finally:
+        stop(server)
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_search_app_without_its_key(library, browser, tmp_path):
+    """`search app --no-token`: the bare address opens the page (this machine only)."""
+    port = free_port()
+    server = search_app(library, port, tmp_path / "server.log", "--no-token")
+    try:
+        not_on_other_addresses(port)
+        link = printed_link(tmp_path / "server.log", r"The search page: (http://\S+)")
+        assert link == f"http://127.0.0.1:{port}/"
+        page = browser.new_page()
+        page.goto(link)
+        the_page_searches(page, library)
     finally:
         stop(server)
