@@ -56,6 +56,7 @@ def test_step_time_is_the_median_after_the_first_steps_and_the_guard_follows_slo
 
 
 def test_a_budgeted_run_ends_exported_within_its_budget(tmp_path):
+    from train.budget import MEASURED_STEPS, UNTIMED_STEPS
     from train.config import TrainConfig
     from train.loop import train
     from train.metrics import read_metrics
@@ -66,16 +67,18 @@ def test_a_budgeted_run_ends_exported_within_its_budget(tmp_path):
                                 model="clipsearch-tiny", batch_size=8, val_fraction=0.25, lr=1e-3, progress=False,
                                 time_budget=budget))
     report = summary["time_budget"]
-    assert report["planned_steps"] and report["step_seconds"] > 0 and report["validation_seconds"] > 0
-    assert summary["steps"] == report["planned_steps"] or report["stopped_early"]
-    assert report["finished_after_seconds"] <= budget
+    assert report["planned_steps"] and report["step_seconds"] > 0 and report["validation_seconds"] > 0, report
+    assert summary["steps"] == report["planned_steps"] or report["stopped_early"], (summary["steps"], report)
+    # The guarantee the option makes (the guard keeps a reserve for the export; what follows it is small).
+    assert report["exported_after_seconds"] <= budget, report
     assert (tmp_path / "run" / "model" / "open_clip_model.safetensors").is_file()
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["time_budget"]["planned_steps"] == report["planned_steps"]
     assert summary["validation"] is not None  # validated at the end even when it ends mid-epoch
     lrs = {r["step"]: r["train/lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/lr" in r}
-    if not report["stopped_early"]:  # the cosine ran its course: the last rate is near zero
-        assert lrs[max(lrs)] < 0.1 * max(lrs.values())
+    if not report["stopped_early"] and report["planned_steps"] >= 2 * (UNTIMED_STEPS + MEASURED_STEPS):
+        # the cosine ran its course (beyond the steps that timed it): the last rate is near zero
+        assert lrs[max(lrs)] < 0.1 * max(lrs.values()), (lrs, report)
 
 
 def test_time_budget_is_in_the_help():

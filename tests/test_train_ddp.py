@@ -1,6 +1,7 @@
 """Distributed runs: two gloo ranks under torchrun stream their own shards, train a model whose SigLIP bias
-the softmax loss never uses, keep a random state per rank, and resume exactly; a resume with another
-number of processes is refused in one line. Plus the process-group timeout and the compile settings."""
+the softmax loss never uses, keep a random state per rank, resume exactly, and share one time budget; a
+resume with another number of processes is refused in one line. Plus the process-group timeout and the
+compile settings."""
 
 from __future__ import annotations
 
@@ -78,6 +79,11 @@ def test_two_ranks_train_resume_exactly_and_refuse_another_world_size(setup):
     assert sorted(again) == [5, 6, 7, 8]
     for step, loss in again.items():
         assert loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
+
+    budgeted = _torchrun(*common, "--time-budget", "90", "--output", str(root / "d"))
+    assert budgeted.returncode == 0, budgeted.stderr[-3000:]
+    report = json.loads((root / "d" / "summary.json").read_text())["time_budget"]
+    assert report["planned_steps"] and report["exported_after_seconds"] <= 90, report
 
     alone = subprocess.run([sys.executable, "-m", "train", *common, "--resume", str(checkpoint), "--output",
                             str(root / "c")], capture_output=True, text=True, cwd=REPO, timeout=600)

@@ -39,6 +39,7 @@ class TimeBudget:
     costs: Costs = field(default_factory=Costs)
     planned_steps: int | None = None
     stopped_early: bool = False
+    exported_after: float | None = None  # seconds from the start to the exported model
     marks: deque = field(default_factory=lambda: deque(maxlen=UNTIMED_STEPS + MEASURED_STEPS))
 
     def elapsed(self) -> float:
@@ -87,6 +88,7 @@ class TimeBudget:
     def report(self) -> dict:
         return {"seconds": self.seconds, "planned_steps": self.planned_steps, "stopped_early": self.stopped_early,
                 **{f"{k}_seconds": round(v, 4) for k, v in asdict(self.costs).items()},
+                "exported_after_seconds": round(self.exported_after or 0.0, 2),
                 "finished_after_seconds": round(self.elapsed(), 2)}
 
 

@@ -9,6 +9,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .errors import TrainConfigError
+
 
 @dataclass
 class Dist:
@@ -62,6 +64,21 @@ def broadcast_object(d: Dist, value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def run_on_main(d: Dist, work, share: bool = True):
+    """``work()`` on rank 0 alone. Its result (when ``share``) reaches every rank, and so does a
+    ``TrainConfigError`` it raises: every rank stops with it instead of waiting for rank 0 until the timeout."""
+    result, error = None, None
+    if d.is_main:
+        try:
+            result = work()
+        except TrainConfigError as e:
+            error = str(e)
+    error = broadcast_object(d, error)
+    if error is not None:
+        raise TrainConfigError(error)
+    return broadcast_object(d, result) if share else result
 
 
 def all_gather_object(d: Dist, value) -> list:

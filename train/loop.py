@@ -20,7 +20,15 @@ from .checkpoint import EXPORT_DIR, export_model, save_checkpoint
 from .config import DEFAULT_EPOCHS, TrainConfig
 from .corpus import Corpus, is_tar_pattern, read_corpus
 from .data import RecordData, build_split, split_by_image
-from .distributed import Dist, all_reduce_mean, any_rank, barrier, broadcast_object, init_distributed, shutdown
+from .distributed import (
+    Dist,
+    all_reduce_mean,
+    any_rank,
+    barrier,
+    init_distributed,
+    run_on_main,
+    shutdown,
+)
 from .errors import TrainConfigError
 from .eval import evaluate, flatten
 from .images import ModelPictures, TrainPictures
@@ -226,7 +234,7 @@ class Run:
 
         cfg, d = self.cfg, self.d
         shards = expand_shards(cfg.data)
-        n_samples = broadcast_object(d, count_samples(shards) if d.is_main else None)
+        n_samples = run_on_main(d, lambda: count_samples(shards))
         workers = cfg.workers
         if workers is None and self.resume_state is not None:  # a resumed stream needs its loader slots back
             workers = rank_state(self.resume_state, d.rank).get("data", {}).get("slots")
@@ -238,14 +246,18 @@ class Run:
 
     def make_val_split(self, val_records):
         """Rank 0 validates alone: only it decodes the validation pictures (at the model's input size)."""
-        if not val_records or not self.d.is_main:
+        if not val_records:
             return None
-        pictures = ModelPictures(self.built.preprocess, self.model.visual.image_size)
-        split = build_split(val_records, self.built.tokenizer, pictures, self.corpus.skipped)
-        if not len(split):
-            raise TrainConfigError(f"none of the {len(val_records)} validation pictures could be read "
-                                   f"({describe_skipped(self.corpus)})")
-        return split
+
+        def decode():
+            pictures = ModelPictures(self.built.preprocess, self.model.visual.image_size)
+            split = build_split(val_records, self.built.tokenizer, pictures, self.corpus.skipped)
+            if not len(split):
+                raise TrainConfigError(f"none of the {len(val_records)} validation pictures could be read "
+                                       f"({describe_skipped(self.corpus)})")
+            return split
+
+        return run_on_main(self.d, decode, share=False)
 
     def make_optimizer(self) -> None:
         cfg, d = self.cfg, self.d
@@ -374,10 +386,11 @@ class Run:
             save_checkpoint(self.output, kind, self.step, payload)
 
     def validate(self, epoch: int) -> dict | None:
+        """Rank 0 evaluates while the others wait (the process-group timeout allows for it)."""
         if not self.validates:
             return None
-        result = None
-        if self.d.is_main:
+
+        def evaluate_and_log() -> dict:
             result = evaluate(self.model, self.val_split, self.built.tokenizer, self.d.device, self.cfg.batch_size,
                               self.templates, self.autocast)
             self.log.log(self.step, {"epoch": epoch + 1, **flatten(result, "val/")})
@@ -385,8 +398,9 @@ class Run:
             self.say(f"epoch {epoch + 1} validation: text→image (per unique caption) R@1/5/10 {t2i['recall@1']:.3f}/"
                      f"{t2i['recall@5']:.3f}/{t2i['recall@10']:.3f}, image→text R@1 {i2t['recall@1']:.3f}"
                      + (f", zero-shot top1 {result['zero_shot']['top1']:.3f}" if "zero_shot" in result else ""))
-        barrier(self.d)
-        return result
+            return result
+
+        return run_on_main(self.d, evaluate_and_log, share=False)
 
     # ---------------------------------------------------------------- the time budget
     def out_of_time(self) -> bool:
@@ -406,16 +420,17 @@ class Run:
         A resumed run keeps the schedule it was given; the estimates then only serve the guard.
         """
         budget, cfg, spe = self.budget, self.cfg, self.data.steps_per_epoch
-        plan = None
-        if self.d.is_main:
+
+        def estimate_and_plan():
             n_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
             budget.costs.export = write_seconds(n_bytes)
             budget.costs.checkpoint = write_seconds(3 * n_bytes)  # weights and the two Adam moments
             budget.costs.validation = self.validation_seconds()
             cap = spe * cfg.epochs if cfg.epochs else None
             total = budget.planned_steps or budget.plan(self.step, spe, cap, cfg.save_every, self.validates)
-            plan = (total, budget.costs)
-        total, budget.costs = broadcast_object(self.d, plan)
+            return total, budget.costs
+
+        total, budget.costs = run_on_main(self.d, estimate_and_plan)
         if total == budget.planned_steps and self.scheduler.total == total:
             return
         budget.planned_steps = total
@@ -446,6 +461,8 @@ class Run:
             export_model(self.model, self.built.model_cfg, self.built.architecture, self.output / EXPORT_DIR,
                          extra={"trained_steps": self.step, "loss": cfg.loss, "seed": cfg.seed},
                          tokenizer=self.built.tokenizer)
+            if self.budget is not None:
+                self.budget.exported_after = self.budget.elapsed()
             self.log.close()
             plot_curves(self.output / "metrics.jsonl", self.output / "curves.png")  # says why, should it fail
             if self.budget is not None:
