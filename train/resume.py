@@ -41,8 +41,8 @@ def load_resume(cfg: TrainConfig, output: Path, d: Dist) -> tuple[Path, dict]:
                                + ", ".join(f"--{k.replace('_', '-')} ({saved[k]} vs {getattr(cfg, k)})"
                                            for k in changed)
                                + "; resume with the same settings or start a new --output")
-    world = state.get("world_size", 1)
-    if world != d.world_size:
+    world = state.get("world_size")  # None: written before checkpoints recorded it
+    if world is not None and world != d.world_size:
         raise TrainConfigError(f"--resume {path}: it was trained by {world} process(es) and this run has "
                                f"{d.world_size}; each step's batch and the position in the corpus depend on it: "
                                f"resume with {world} (torchrun --nproc-per-node) or start a new --output")
@@ -50,7 +50,7 @@ def load_resume(cfg: TrainConfig, output: Path, d: Dist) -> tuple[Path, dict]:
 
 
 def rank_state(state: dict, rank: int) -> dict:
-    """This rank's part of a checkpoint (checkpoints of single-process runs before ranks were recorded: its RNG)."""
+    """This rank's part of a checkpoint (one written before ranks were recorded has rank 0's random state only)."""
     ranks = state.get("ranks")
     return ranks[rank] if ranks else {"rng": state["rng"], "data": {}}
 
