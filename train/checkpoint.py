@@ -76,25 +76,32 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def preprocess_config(model: torch.nn.Module) -> dict:
+    """Every field of open_clip's ``PreprocessCfg`` (size, mode, mean, std, interpolation, resize_mode, fill_color)."""
+    from dataclasses import asdict
+
+    from open_clip.transform import PreprocessCfg
+
+    cfg = asdict(PreprocessCfg(**getattr(model.visual, "preprocess_cfg", {})))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
 def export_model(model: torch.nn.Module, model_cfg: dict, architecture: str, folder: Path,
-                 extra: dict | None = None) -> Path:
+                 extra: dict | None = None, tokenizer=None) -> Path:
     """open_clip's hub layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``.
 
     Loadable with ``open_clip.create_model_and_transforms("local-dir:<folder>")`` and with
-    ``encoders.load_encoder(ModelSpec.from_options(None, None, "<folder>"))``.
+    ``encoders.load_encoder(ModelSpec.from_options(None, None, "<folder>"))``. A Hugging Face
+    tokenizer is saved beside them: open_clip reads it from the folder (``local-dir:``).
     """
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    visual = model.visual
-    preprocess_cfg = {"mean": list(visual.image_mean), "std": list(visual.image_std)}
-    for key in ("size", "interpolation", "resize_mode"):
-        if key in getattr(visual, "preprocess_cfg", {}):
-            value = visual.preprocess_cfg[key]
-            preprocess_cfg[key] = list(value) if isinstance(value, tuple) else value
-    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg,
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_config(model),
               "clipsearch": {"architecture": architecture, **(extra or {})}}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(folder))
     _atomic(folder / "open_clip_model.safetensors", lambda tmp: save_file(state, tmp))
     _atomic(folder / "open_clip_config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
     return folder

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import typer
 
 EXIT_CONFIG = 2
+STARTED = time.monotonic()  # near the process start: --time-budget counts the imports that follow too
 
 
 def _fail(message: str) -> None:
@@ -28,7 +30,8 @@ def train_command(
     model: str | None = typer.Option(None, "--model", help="open_clip architecture (default ViT-B-32)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help="open_clip tag, hf-hub:ORG/REPO or none."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Start from a model folder or weights file."),
-    epochs: int = typer.Option(10, "--epochs"),
+    epochs: int | None = typer.Option(None, "--epochs", help="Passes over the corpus (default 10; with "
+                                      "--time-budget, an upper limit)."),
     batch_size: int = typer.Option(128, "--batch-size", help="Per process and micro-batch."),
     seed: int = typer.Option(0, "--seed"),
     lr: float | None = typer.Option(None, "--lr", help="Default 1e-3 from scratch, 1e-5 from weights."),
@@ -52,6 +55,16 @@ def train_command(
     caption_column: str = typer.Option("caption", "--caption-column"),
     label_column: str | None = typer.Option(None, "--label-column", help="Zero-shot labels for validation."),
     templates: str | None = typer.Option(None, "--templates", help="Prompt templates file, one per line."),
+    time_budget: float | None = typer.Option(
+        None, "--time-budget", metavar="SECONDS",
+        help="Train the best model this wall-clock time allows, from start to exported model: the first steps "
+             "are timed, then the warm-up + cosine schedule is sized to the steps that fit, after the time "
+             "validation, checkpoints and the export will take; a guard stops early if steps get slower."),
+    resampled: bool = typer.Option(False, "--resampled", help="Tar shards: each process and loader worker draws "
+                                   "shards with replacement instead of splitting them (long multi-epoch runs)."),
+    dist_timeout: float = typer.Option(120.0, "--dist-timeout", metavar="MINUTES",
+                                       help="How long processes wait for each other under torchrun (rank 0 "
+                                            "validates and writes checkpoints while the others wait)."),
     max_steps: int | None = typer.Option(None, "--max-steps", hidden=True),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -71,8 +84,9 @@ def train_command(
                           lock_text_unlocked_layers=lock_text_unlocked_layers, loss=loss, save_every=save_every,
                           resume=resume, workers=workers, image_column=image_column,
                           caption_column=caption_column, label_column=label_column, templates=templates,
-                          max_steps=max_steps, progress=progress and sys.stderr.isatty())
-        train(cfg)
+                          max_steps=max_steps, progress=progress and sys.stderr.isatty(), time_budget=time_budget,
+                          resampled=resampled, dist_timeout=dist_timeout)
+        train(cfg, started=STARTED)
     except TrainConfigError as e:
         _fail(str(e))
 
@@ -102,15 +116,17 @@ def eval_command(
     if as_json:
         typer.echo(json.dumps(result))
         return
-    typer.echo(f"{result['n_images']} pictures, {result['n_captions']} captions"
+    typer.echo(f"{result['n_images']} pictures, {result['n_captions']} captions "
+               f"({result['n_unique_captions']} unique)"
                + (f" (skipped: {', '.join(f'{n} {r}' for r, n in skipped.items())})" if skipped else ""))
-    for direction in ("text_to_image", "image_to_text"):
-        r = result[direction]
-        typer.echo(f"{direction.replace('_', ' '):>14}: R@1 {r['recall@1']:.4f}  R@5 {r['recall@5']:.4f}  "
-                   f"R@10 {r['recall@10']:.4f}")
+    for key, label in (("text_to_image", "text→image, per unique caption"),
+                       ("text_to_image_per_caption", "text→image, per caption"),
+                       ("image_to_text", "image→text, per picture")):
+        r = result[key]
+        typer.echo(f"{label:>31}: R@1 {r['recall@1']:.4f}  R@5 {r['recall@5']:.4f}  R@10 {r['recall@10']:.4f}")
     if "zero_shot" in result:
         z = result["zero_shot"]
-        typer.echo(f"     zero-shot: top1 {z['top1']:.4f}  top5 {z['top5']:.4f}  ({z['n_classes']} classes)")
+        typer.echo(f"{'zero-shot':>31}: top1 {z['top1']:.4f}  top5 {z['top5']:.4f}  ({z['n_classes']} classes)")
 
 
 def register(app: typer.Typer) -> None:

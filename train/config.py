@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import TrainConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_EPOCHS = 10
 LOSSES = ("clip", "siglip")
 
 
@@ -21,7 +22,7 @@ class TrainConfig:
     model: str | None = None
     pretrained: str | None = None
     checkpoint: str | None = None
-    epochs: int = 10
+    epochs: int | None = None      # None: DEFAULT_EPOCHS, or no cap with a time budget
     batch_size: int = 128          # per process and micro-batch; effective = batch × accum × world
     seed: int = 0
     lr: float | None = None        # None: 1e-3 from scratch, 1e-5 when starting from weights
@@ -47,6 +48,9 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int | None = None   # stop after this many optimizer steps (tests, quick looks)
     progress: bool = True
+    time_budget: float | None = None  # seconds from start to exported model; sizes the schedule
+    resampled: bool = False        # tar shards drawn with replacement instead of split
+    dist_timeout: float = 120.0    # minutes a process waits for the others (rank 0 validates alone)
 
     @property
     def from_weights(self) -> bool:
@@ -57,8 +61,12 @@ class TrainConfig:
         problems = []
         if not self.data:
             problems.append("--data is required (a CSV/TSV, JSONL, folder or tar shard pattern)")
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             problems.append(f"--epochs must be at least 1 (got {self.epochs})")
+        if self.time_budget is not None and not self.time_budget > 0:
+            problems.append(f"--time-budget must be a positive number of seconds (got {self.time_budget})")
+        if self.dist_timeout <= 0:
+            problems.append(f"--dist-timeout must be positive (got {self.dist_timeout})")
         if self.batch_size < 1:
             problems.append(f"--batch-size must be at least 1 (got {self.batch_size})")
         if self.loss == "clip" and self.batch_size * self.accum_steps < 2:

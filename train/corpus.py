@@ -19,7 +19,7 @@ from .errors import TrainConfigError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TAR_CAPTION_EXTS = ("txt", "caption", "json")
-_TAR_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key.ext split
+TAR_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key.ext split
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Corpus:
         self.skipped.update(other.skipped)
 
 
-def _is_tar_pattern(spec: str) -> bool:
+def is_tar_pattern(spec: str) -> bool:
     return ".tar" in spec and ("{" in spec or spec.endswith(".tar") or spec.endswith(".tar.gz"))
 
 
@@ -158,7 +158,7 @@ def read_folder(root: Path) -> Corpus:
     return _merge(rows, skipped)
 
 
-def _tar_captions(data: bytes, ext: str, caption_column: str, label_column: str | None):
+def tar_captions(data: bytes, ext: str, caption_column: str, label_column: str | None):
     if ext != "json":
         lines = [line.strip() for line in data.decode("utf-8", errors="replace").splitlines()]
         return [line for line in lines if line], None
@@ -168,30 +168,50 @@ def _tar_captions(data: bytes, ext: str, caption_column: str, label_column: str 
     return (captions if isinstance(captions, list) else [captions]), (None if label is None else str(label))
 
 
-def read_shards(pattern: str, caption_column: str, label_column: str | None) -> Corpus:
-    """WebDataset shards: members grouped by key; the picture's bytes are read later by offset."""
+def require_tar_packages() -> None:
+    """Tar shards need webdataset (and braceexpand): said in one line where they are missing."""
+    try:
+        import braceexpand  # noqa: F401
+        import webdataset  # noqa: F401
+    except ImportError as e:
+        raise TrainConfigError(f"tar shards need the webdataset and braceexpand packages ({e}); "
+                               "pip install webdataset braceexpand") from None
+
+
+def expand_shards(specs: list[str]) -> list[str]:
+    """``shards/{000..099}.tar`` patterns (``::`` joins several) → existing shard paths."""
+    require_tar_packages()
     from braceexpand import braceexpand
 
-    shards = [s for p in pattern.split("::") for s in braceexpand(p)]
+    shards = [str(Path(s).expanduser().resolve()) for spec in specs for p in spec.split("::") for s in braceexpand(p)]
     missing = [s for s in shards if not Path(s).is_file()]
     if missing:
         raise TrainConfigError(f"{len(missing)} of {len(shards)} shards not found, e.g. {missing[0]}")
+    return shards
+
+
+def read_shards(pattern: str, caption_column: str, label_column: str | None) -> Corpus:
+    """WebDataset shards listed (for evaluation): members grouped by key; pictures are read later by offset.
+
+    Training streams shards instead (``stream.py``): a listing reads every header of every shard.
+    """
+    shards = expand_shards([pattern])
     rows = []
     skipped: Counter = Counter()
     for shard in shards:
         groups: dict[str, dict] = {}
         with tarfile.open(shard, "r:") as tar:
             for member in tar:
-                match = _TAR_KEY.match(member.name)
+                match = TAR_KEY.match(member.name)
                 if not member.isfile() or not match:
                     continue
                 key, ext = match.group(1), match.group(2).lower()
                 group = groups.setdefault(key, {})
                 if "." + ext in IMAGE_EXTS:
-                    group["image"] = TarMember(str(Path(shard).resolve()), member.offset_data, member.size,
+                    group["image"] = TarMember(shard, member.offset_data, member.size,
                                                Path(key).name + "." + ext)
                 elif ext in TAR_CAPTION_EXTS and "captions" not in group:
-                    group["captions"] = _tar_captions(tar.extractfile(member).read(), ext, caption_column,
+                    group["captions"] = tar_captions(tar.extractfile(member).read(), ext, caption_column,
                                                       label_column)
         for group in groups.values():
             if "image" not in group:
@@ -210,7 +230,7 @@ def read_corpus(specs: list[str], image_column: str = "filepath", caption_column
     corpus = Corpus([])
     for spec in specs:
         path = Path(spec).expanduser()
-        if _is_tar_pattern(spec) and not path.is_dir():
+        if is_tar_pattern(spec) and not path.is_dir():
             part = read_shards(str(path), caption_column, label_column)
         elif path.is_dir():
             part = read_folder(path)

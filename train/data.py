@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from .corpus import Record
 from .errors import TrainConfigError
-from .images import ImageStore
+from .images import ImageStore, ModelPictures, TrainPictures, failure_reason
 
 
 @dataclass
@@ -36,6 +36,14 @@ class Split:
     def labels(self) -> list[str | None]:
         return [r.label for r in self.records]
 
+    def subset(self, keep: list[int]) -> Split:
+        """The pictures at ``keep`` (in that order) with their captions; the pictures themselves are shared."""
+        records = [self.records[i] for i in keep]
+        rows = [row for i in keep for row in self.caption_index[i]]
+        captions, caption_index = _caption_rows(records)
+        store = self.store.view(keep)
+        return Split(records, store, captions, caption_index, self.tokens[rows])
+
 
 def split_by_image(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
     """Hold out a fraction of the *pictures* (all captions of a picture fall on one side)."""
@@ -53,26 +61,48 @@ def tokenize_all(tokenizer, captions: list[str], chunk: int = 8192) -> torch.Ten
     return torch.cat(parts) if parts else torch.zeros((0, 1), dtype=torch.int32)
 
 
-def build_split(records: list[Record], tokenizer, max_side: int | None, skipped: Counter,
-                in_memory: bool | None = None) -> Split:
-    """Decode (into memory when it fits), drop unreadable pictures (counted), tokenise captions."""
-    store = ImageStore(records, max_side, in_memory=in_memory)
-    keep = store.readable()
-    for reason, n in store.unreadable.items():
-        skipped[f"unreadable ({reason})"] += n
-    if len(keep) != len(records):
-        records = [records[i] for i in keep]
-        store.sources = [store.sources[i] for i in keep]
-        store.images = [store.images[i] for i in keep] if store.images is not None else None
+def _caption_rows(records: list[Record]) -> tuple[list[str], list[list[int]]]:
     captions, caption_index = [], []
     for record in records:
         caption_index.append(list(range(len(captions), len(captions) + len(record.captions))))
         captions.extend(record.captions)
+    return captions, caption_index
+
+
+def count_unreadable(store: ImageStore, skipped: Counter) -> None:
+    for reason, n in store.unreadable.items():
+        skipped[f"unreadable ({reason})"] += n
+    store.unreadable.clear()
+
+
+def build_split(records: list[Record], tokenizer, pictures: TrainPictures | ModelPictures, skipped: Counter,
+                in_memory: bool | None = None) -> Split:
+    """Decode (into memory when it fits), drop unreadable pictures (counted), tokenise captions."""
+    store = ImageStore(records, pictures, in_memory=in_memory)
+    keep = store.readable()
+    count_unreadable(store, skipped)
+    if len(keep) != len(records):
+        records = [records[i] for i in keep]
+        store.keep(keep)
+    captions, caption_index = _caption_rows(records)
     return Split(records, store, captions, caption_index, tokenize_all(tokenizer, captions))
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % (2 ** 63)
+
+
+def seeded(seed: int, transform, image):
+    """``transform(image)`` with torch's CPU generator seeded for this sample alone (its random crop)."""
+    # The CPU generator alone: torch.manual_seed would also queue a lazy CUDA seeding,
+    # which records a stack trace each time (half of the sample's time on a CUDA build).
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        return transform(image)
+    finally:
+        generator.set_state(state)
 
 
 class TrainPairs(Dataset):
@@ -100,25 +130,23 @@ class TrainPairs(Dataset):
         rng = random.Random(seed)
         rows = self.split.caption_index[picked]
         tokens = self.split.tokens[rows[rng.randrange(len(rows))]].long()
-        # The CPU generator alone: torch.manual_seed would also queue a lazy CUDA seeding,
-        # which records a stack trace each time (half of this method's time on a CUDA build).
-        generator = torch.default_generator
-        state = generator.get_state()
-        generator.manual_seed(seed)
-        pixels = self.transform(image)
-        generator.set_state(state)
-        return pixels, tokens, failed
+        return seeded(seed, self.transform, image), tokens, failed
 
 
 class EvalImages(Dataset):
-    def __init__(self, split: Split, preprocess):
-        self.split, self.preprocess = split, preprocess
+    """index → the model-size pixels of a picture (``ModelPictures``), or None when it cannot be read."""
+
+    def __init__(self, split: Split):
+        self.split = split
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, index: int):
-        return self.preprocess(self.split.store.get(index))
+        try:
+            return index, self.split.store.get(index), None
+        except Exception as e:  # a lazily decoded picture that cannot be read: left out of the metrics
+            return index, None, failure_reason(e)
 
 
 class EpochBatches(Sampler):
@@ -176,6 +204,54 @@ def train_loader(split: Split, transform, sampler: EpochBatches, seed: int, work
                       pin_memory=pin_memory, collate_fn=collate_trimmed if trim_text else None, **kwargs)
 
 
-def eval_loader(split: Split, preprocess, batch_size: int, workers: int = 0) -> DataLoader:
-    return DataLoader(EvalImages(split, preprocess), batch_size=batch_size, shuffle=False,
-                      num_workers=workers)
+class EvalBatch:
+    """Collates ``EvalImages`` items: the input batch of the readable ones, their indices, the failures."""
+
+    def __init__(self, pictures: ModelPictures):
+        self.pictures = pictures
+
+    def __call__(self, items: list) -> tuple[torch.Tensor | None, list[int], list[str]]:
+        readable = [(i, pixels) for i, pixels, _ in items if pixels is not None]
+        batch = self.pictures.collate([pixels for _, pixels in readable]) if readable else None
+        return batch, [i for i, _ in readable], [reason for _, pixels, reason in items if pixels is None]
+
+
+class RecordData:
+    """Training batches from a listed corpus (CSV/TSV, JSONL, folder); the loop's view of them.
+
+    Every sample's randomness comes from (seed, epoch, index): the augmentation of a picture
+    does not depend on which rank draws it, and a resumed run needs no state beyond the step.
+    """
+
+    def __init__(self, split: Split, transform, batch_size: int, accum_steps: int, rank: int, world: int, seed: int,
+                 workers: int, pin_memory: bool = False, trim_text: bool = False):
+        self.split, self.workers = split, workers
+        self.sampler = EpochBatches(len(split), batch_size, accum_steps, rank, world, seed)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.loader = train_loader(split, transform, self.sampler, seed, workers, pin_memory, trim_text)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.split.store.in_memory
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.split)
+
+    def describe(self) -> str:
+        return f"{len(self.split)} training pictures ({len(self.split.captions)} captions)"
+
+    def batches(self, epoch: int, start_step: int):
+        self.sampler.set_epoch(epoch, start_step)
+        return iter(self.loader)
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict, epoch: int) -> None:
+        pass
+
+
+def eval_loader(split: Split, batch_size: int, workers: int = 0) -> DataLoader:
+    return DataLoader(EvalImages(split), batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=EvalBatch(split.store.pictures))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from .errors import TrainConfigError
 
 
 @dataclass
@@ -29,7 +32,12 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
-def init_distributed() -> Dist:
+# How long a process waits for the others at a collective. Rank 0 validates and writes checkpoints
+# while the others wait at a barrier: the default (10-30 min by backend) would end a large run there.
+DEFAULT_TIMEOUT_MINUTES = 120.0
+
+
+def init_distributed(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Dist:
     """Join the process group torchrun set up (env://), or describe the single process."""
     cuda = torch.cuda.is_available()
     if not launched_by_torchrun():
@@ -39,7 +47,7 @@ def init_distributed() -> Dist:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
@@ -56,6 +64,39 @@ def broadcast_object(d: Dist, value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def run_on_main(d: Dist, work, share: bool = True):
+    """``work()`` on rank 0 alone. Its result (when ``share``) reaches every rank, and so does a
+    ``TrainConfigError`` it raises: every rank stops with it instead of waiting for rank 0 until the timeout."""
+    result, error = None, None
+    if d.is_main:
+        try:
+            result = work()
+        except TrainConfigError as e:
+            error = str(e)
+    error = broadcast_object(d, error)
+    if error is not None:
+        raise TrainConfigError(error)
+    return broadcast_object(d, result) if share else result
+
+
+def all_gather_object(d: Dist, value) -> list:
+    """Every rank's value, in rank order, on every rank (e.g. each rank's random state for a checkpoint)."""
+    if not d.enabled:
+        return [value]
+    out = [None] * d.world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def any_rank(d: Dist, flag: bool) -> bool:
+    """True on every rank when it is true on one (e.g. a rank's clock says the time budget is spent)."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def all_reduce_mean(d: Dist, value: float) -> float:

@@ -4,5 +4,6 @@
 class TrainConfigError(Exception):
     """A configuration that cannot train or evaluate; the message says what to change.
 
-    Raised before any training step, turned by the CLI into a one-line error, exit code 2.
+    Raised before the first training step (or when the loss diverges), turned by the CLI into a
+    one-line error, exit code 2.
     """

@@ -1,13 +1,17 @@
 """Retrieval recall@k (text→image, image→text) and zero-shot accuracy with prompt ensembling.
 
 Similarities are computed a block of queries at a time (block × N), never as a full N×N
-matrix. Every picture carrying the query's caption counts as a hit (and every caption of
-the query picture, the other way).
+matrix. Text→image is reported two ways (``QUERIES`` says which is which in the results):
+``text_to_image`` has one query per unique caption, every picture carrying it a hit (a search
+engine's view: "red circle" is one search); ``text_to_image_per_caption`` has one query per
+caption, its own picture the only hit (what papers and open_clip print). Image→text: one query
+per picture, any of its captions a hit.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,25 +19,43 @@ import torch
 import torch.nn.functional as F
 
 from .data import Split, eval_loader
+from .errors import TrainConfigError
 
 KS = (1, 5, 10)
 BLOCK = 1024
+QUERIES = {
+    "text_to_image": "one query per unique caption; every picture carrying it is a hit",
+    "text_to_image_per_caption": "one query per caption; its own picture is the only hit (as papers, open_clip)",
+    "image_to_text": "one query per picture; any of its captions is a hit",
+}
 
 
 @torch.no_grad()
-def encode_split(model, split: Split, preprocess, device: torch.device, batch_size: int = 256,
-                 autocast=contextlib.nullcontext, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pictures × dim, captions × dim), L2-normalised float32 on the CPU."""
-    images = []
-    for pixels in eval_loader(split, preprocess, batch_size, workers):
+def encode_images(model, split: Split, device: torch.device, batch_size: int = 256,
+                  autocast=contextlib.nullcontext, workers: int = 0) -> tuple[torch.Tensor, list[int], Counter]:
+    """(readable pictures × dim, their indices in ``split``, reasons of the others), L2-normalised float32."""
+    features, readable, failed = [], [], Counter()
+    for pixels, indices, reasons in eval_loader(split, batch_size, workers):
+        failed.update(reasons)
+        if pixels is None:
+            continue
         with autocast():
-            images.append(model.encode_image(pixels.to(device), normalize=True).float().cpu())
+            features.append(model.encode_image(pixels.to(device), normalize=True).float().cpu())
+        readable.extend(indices)
+    if not features:
+        raise TrainConfigError(f"none of the {len(split)} evaluation pictures could be read")
+    return F.normalize(torch.cat(features), dim=-1), readable, failed
+
+
+@torch.no_grad()
+def encode_texts(model, tokens: torch.Tensor, device: torch.device, batch_size: int = 256,
+                 autocast=contextlib.nullcontext) -> torch.Tensor:
     texts = []
-    for start in range(0, len(split.tokens), batch_size):
-        tokens = split.tokens[start:start + batch_size].long().to(device)
+    for start in range(0, len(tokens), batch_size):
         with autocast():
-            texts.append(model.encode_text(tokens, normalize=True).float().cpu())
-    return F.normalize(torch.cat(images), dim=-1), F.normalize(torch.cat(texts), dim=-1)
+            texts.append(model.encode_text(tokens[start:start + batch_size].long().to(device), normalize=True)
+                         .float().cpu())
+    return F.normalize(torch.cat(texts), dim=-1)
 
 
 def _recall(queries: torch.Tensor, targets: torch.Tensor, relevant: Sequence[set[int]],
@@ -54,7 +76,7 @@ def _recall(queries: torch.Tensor, targets: torch.Tensor, relevant: Sequence[set
 def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor, captions: Sequence[str],
                       caption_index: Sequence[Sequence[int]], ks: Sequence[int] = KS,
                       block: int = BLOCK) -> dict[str, dict[str, float]]:
-    """Identical caption strings are one query whose hits are all the pictures that carry it."""
+    """Recall@k both ways (the module's docstring says how queries and hits are counted)."""
     unique: dict[str, int] = {}
     first_row: list[int] = []
     for row, caption in enumerate(captions):
@@ -68,8 +90,13 @@ def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
         for t in ids:
             images_of_text[t].add(image)
     unique_text = text_features[first_row]
+    own_picture = [set() for _ in captions]
+    for image, rows in enumerate(caption_index):
+        for row in rows:
+            own_picture[row].add(image)
     return {
         "text_to_image": _recall(unique_text, image_features, images_of_text, ks, block),
+        "text_to_image_per_caption": _recall(text_features, image_features, own_picture, ks, block),
         "image_to_text": _recall(image_features, unique_text, texts_of_image, ks, block),
     }
 
@@ -110,17 +137,27 @@ def default_templates() -> tuple[str, ...]:
     return ("{}",) + tuple(SHORT_TEMPLATES)
 
 
-def evaluate(model, split: Split, preprocess, tokenizer, device: torch.device, batch_size: int = 256,
+def evaluate(model, split: Split, tokenizer, device: torch.device, batch_size: int = 256,
              templates: Sequence[str] | None = None, autocast=contextlib.nullcontext,
              workers: int = 0) -> dict:
-    """All metrics for one split: retrieval always, zero-shot when the pictures carry labels."""
+    """All metrics for one split: retrieval always, zero-shot when the pictures carry labels.
+
+    Pictures that cannot be read (found only now when they are decoded lazily) are left out,
+    with their captions, and counted under ``unreadable``.
+    """
     was_training = model.training
     model.eval()
     try:
-        image_features, text_features = encode_split(model, split, preprocess, device, batch_size, autocast,
-                                                     workers)
+        image_features, readable, failed = encode_images(model, split, device, batch_size, autocast, workers)
+        if len(readable) < len(split):
+            split = split.subset(readable)
+        text_features = encode_texts(model, split.tokens, device, batch_size, autocast)
         result = {"n_images": len(split), "n_captions": len(split.captions),
-                  **retrieval_metrics(image_features, text_features, split.captions, split.caption_index)}
+                  "n_unique_captions": len(set(split.captions)),
+                  **retrieval_metrics(image_features, text_features, split.captions, split.caption_index),
+                  "queries": dict(QUERIES)}
+        if failed:
+            result["unreadable"] = dict(failed)
         labels = split.labels
         if any(label is not None for label in labels):
             classnames = sorted({label for label in labels if label is not None})
@@ -150,7 +187,7 @@ def evaluate_checkpoint(checkpoint: str, data: list[str], label_column: str | No
 
     from .corpus import read_corpus
     from .data import build_split
-    from .errors import TrainConfigError
+    from .images import ModelPictures
 
     if batch_size < 1:
         raise TrainConfigError(f"--batch-size must be at least 1 (got {batch_size})")
@@ -165,12 +202,14 @@ def evaluate_checkpoint(checkpoint: str, data: list[str], label_column: str | No
         encoder = load_encoder(ModelSpec.from_options(model, None, checkpoint))
     except ModelError as e:
         raise TrainConfigError(str(e)) from e
-    split = build_split(corpus.records, encoder.tokenizer, None, corpus.skipped)
+    pictures = ModelPictures(encoder.preprocess, encoder.image_size)
+    split = build_split(corpus.records, encoder.tokenizer, pictures, corpus.skipped)
     if not len(split):
         raise TrainConfigError(f"no readable pictures in {', '.join(data)}")
-    result = evaluate(encoder.model, split, encoder.preprocess, encoder.tokenizer, encoder.device, batch_size,
-                      templates)
+    result = evaluate(encoder.model, split, encoder.tokenizer, encoder.device, batch_size, templates)
     if label_column is None:
         result.pop("zero_shot", None)
+    for reason, n in result.pop("unreadable", {}).items():
+        corpus.skipped[f"unreadable ({reason})"] += n
     result["skipped"] = dict(corpus.skipped)
     return result

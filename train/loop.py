@@ -1,8 +1,9 @@
-"""The training run: set up, then a plain loop over epochs and steps (nanoGPT-style)."""
+"""The training run: set everything up (and check it) first, then a plain loop over epochs and steps."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -14,30 +15,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import (
-    EXPORT_DIR,
-    export_model,
-    find_latest,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
+from .budget import TimeBudget, write_seconds
+from .checkpoint import EXPORT_DIR, export_model, save_checkpoint
+from .config import DEFAULT_EPOCHS, TrainConfig
+from .corpus import Corpus, is_tar_pattern, read_corpus
+from .data import RecordData, build_split, split_by_image
+from .distributed import (
+    Dist,
+    all_reduce_mean,
+    any_rank,
+    barrier,
+    init_distributed,
+    run_on_main,
+    shutdown,
 )
-from .config import TrainConfig
-from .corpus import Corpus, read_corpus
-from .data import EpochBatches, build_split, split_by_image, train_loader
-from .distributed import Dist, all_reduce_mean, barrier, broadcast_object, init_distributed, shutdown
 from .errors import TrainConfigError
 from .eval import evaluate, flatten
-from .images import train_side
+from .images import ModelPictures, TrainPictures
 from .loss import make_loss
 from .metrics import MetricsLog, plot_curves
 from .model import TrainingTowers, apply_locks, build_model, check_model_name, default_model
 from .optim import WarmupCosine, make_optimizer, warmup_steps
+from .resume import check_target, gather_rank_states, load_resume, restore
 from .step import accumulate_gradients, optimizer_step, unwrap
 
 LR_SCRATCH, LR_FINETUNE = 1e-3, 1e-5
-RESUME_KEYS = ("batch_size", "accum_steps", "epochs", "seed", "loss", "model", "data")
+UNPLANNED = 10 ** 9  # the schedule's length until a time budget plans it
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
@@ -57,10 +60,22 @@ def autocast_for(precision: str, device: torch.device):
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
+def enable_tf32(device: torch.device) -> None:
+    """fp32 matrix products on TensorFloat-32 units (Ampere and later); as open_clip_train, CUDA only."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Each rank's own seed for dropout and other in-model randomness (rank 0 keeps the run's seed)."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def default_workers(in_memory: bool) -> int:
@@ -73,233 +88,394 @@ def default_workers(in_memory: bool) -> int:
     return max(1, min(8, cores - 1))
 
 
+def mark_text_length_dynamic(texts: torch.Tensor) -> None:
+    """Under ``--compile``, trimmed caption batches vary in length: one graph for every length, not one each."""
+    torch._dynamo.mark_dynamic(texts, 1)
+
+
 def describe_skipped(corpus: Corpus) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in sorted(corpus.skipped.items())) or "none"
 
 
-def _say(d: Dist, message: str) -> None:
-    if d.is_main:
-        print(message, flush=True)
+def train(cfg: TrainConfig, started: float | None = None) -> dict:
+    """Run training as configured; returns the summary also written to ``<output>/summary.json``.
 
-
-def train(cfg: TrainConfig) -> dict:
-    """Run training as configured; returns the summary also written to ``<output>/summary.json``."""
+    ``started``: the ``time.monotonic()`` a time budget counts from (default: now).
+    """
+    started = time.monotonic() if started is None else started
     cfg.validate()
-    d = init_distributed()
+    d = init_distributed(cfg.dist_timeout)
     try:
-        return _train(cfg, d)
+        return Run(cfg, d, started).run()
     finally:
         shutdown(d)
 
 
-def _train(cfg: TrainConfig, d: Dist) -> dict:
-    output = Path(cfg.output)
-    cfg.model, cfg.pretrained = default_model(cfg.model, cfg.pretrained, cfg.checkpoint)
-    if cfg.lr is None:
-        cfg.lr = LR_FINETUNE if cfg.from_weights else LR_SCRATCH
-    precision = resolve_precision(cfg.precision, d.device)
-    seed_everything(cfg.seed)
-    check_model_name(cfg)
-    if cfg.resume and cfg.resume != "latest" and not Path(cfg.resume).is_file():
-        raise TrainConfigError(f"--resume {cfg.resume}: no checkpoint found")
-    if cfg.resume == "latest" and find_latest(output) is None:
-        raise TrainConfigError(f"--resume latest: no checkpoint found in {output / 'checkpoints'}")
+class Run:
+    """One training run. ``setup`` checks and builds everything before the first step; ``loop`` trains."""
 
-    # Everything that can be wrong is checked here, before the first step.
-    corpus = read_corpus(cfg.data, cfg.image_column, cfg.caption_column, cfg.label_column)
-    if cfg.val_data:
-        val_records = read_corpus(cfg.val_data, cfg.image_column, cfg.caption_column, cfg.label_column).records
-        train_records = corpus.records
-    else:
-        train_records, val_records = split_by_image(corpus.records, cfg.val_fraction, cfg.seed)
-    if not train_records:
-        raise TrainConfigError("no training pictures left after holding out the validation split")
-    global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
-    if global_batch > len(train_records):
-        raise TrainConfigError(f"the effective batch ({global_batch}) is larger than the training corpus "
-                               f"({len(train_records)} pictures); lower --batch-size")
-    built = build_model(cfg, d.device)
-    model = built.model
-    model.output_dict = True
-    apply_locks(model, cfg)
-    if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
+    def __init__(self, cfg: TrainConfig, d: Dist, started: float):
+        self.cfg, self.d, self.started, self.output = cfg, d, started, Path(cfg.output)
+        self.budget = TimeBudget(cfg.time_budget, started) if cfg.time_budget else None
+        self.step = self.start_epoch = self.start_in_epoch = 0
+        self.failed_total = self.trained_samples = 0
+        self.last_val = None
+        self.loss_value = float("nan")
 
-    t0 = time.time()
-    train_split = build_split(train_records, built.tokenizer, train_side(built.image_size), corpus.skipped)
-    val_split = build_split(val_records, built.tokenizer, None, corpus.skipped) if val_records else None
-    if len(train_split) < global_batch:
-        raise TrainConfigError(f"only {len(train_split)} readable training pictures for an effective batch of "
-                               f"{global_batch} ({describe_skipped(corpus)}); lower --batch-size")
-    workers = cfg.workers if cfg.workers is not None else default_workers(train_split.store.in_memory)
-    _say(d, f"corpus: {len(train_split)} training pictures ({len(train_split.captions)} captions)"
-            + (f", {len(val_split)} validation pictures" if val_split else "")
-            + f"; skipped: {describe_skipped(corpus)}; decoded in {time.time() - t0:.1f}s"
-            + (" into memory" if train_split.store.in_memory else ""))
+    def say(self, message: str) -> None:
+        if self.d.is_main:
+            print(message, flush=True)
 
-    sampler = EpochBatches(len(train_split), cfg.batch_size, cfg.accum_steps, d.rank, d.world_size, cfg.seed)
-    towers = TrainingTowers(model)
-    loader = train_loader(train_split, built.train_transform, sampler, cfg.seed, workers,
-                          pin_memory=d.device.type == "cuda", trim_text=towers.trims_text)
-    steps_per_epoch = sampler.steps_per_epoch
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
+    def run(self) -> dict:
+        self.setup()
+        self.loop()
+        return self.finish()
 
-    optimizer = make_optimizer(model, cfg.lr, cfg.wd)
-    scheduler = WarmupCosine(optimizer, cfg.lr, warmup_steps(cfg.warmup, steps_per_epoch * cfg.epochs),
-                             steps_per_epoch * cfg.epochs)
-    scaler = torch.amp.GradScaler(d.device.type) if precision == "fp16" else None
-    autocast = autocast_for(precision, d.device)
-    loss_fn = make_loss(cfg.loss, d.rank, d.world_size)
+    # ---------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        cfg, d = self.cfg, self.d
+        cfg.model, cfg.pretrained = default_model(cfg.model, cfg.pretrained, cfg.checkpoint)
+        if cfg.lr is None:
+            cfg.lr = LR_FINETUNE if cfg.from_weights else LR_SCRATCH
+        if cfg.epochs is None and not cfg.time_budget:
+            cfg.epochs = DEFAULT_EPOCHS
+        self.precision = resolve_precision(cfg.precision, d.device)
+        enable_tf32(d.device)
+        seed_everything(cfg.seed)  # the same on every rank: a model from scratch starts the same everywhere
+        check_model_name(cfg)
+        check_target(cfg, self.output)
+        self.resume_path, self.resume_state = load_resume(cfg, self.output, d) if cfg.resume else (None, None)
 
-    step, start_epoch, start_in_epoch = 0, 0, 0
-    if cfg.resume:
-        path = find_latest(output) if cfg.resume == "latest" else Path(cfg.resume)
-        path = broadcast_object(d, str(path) if path else None)
-        if path is None or not Path(path).is_file():
-            raise TrainConfigError(f"--resume {cfg.resume}: no checkpoint found"
-                                   + (f" in {output / 'checkpoints'}" if cfg.resume == "latest" else ""))
-        state = load_checkpoint(Path(path))
-        saved = state.get("config", {})
-        changed = [k for k in RESUME_KEYS if k in saved and saved[k] != getattr(cfg, k)]
-        if changed:
-            raise TrainConfigError(f"--resume {path}: it was trained with other "
-                                   + ", ".join(f"--{k.replace('_', '-')} ({saved[k]} vs {getattr(cfg, k)})"
-                                               for k in changed)
-                                   + "; resume with the same settings or start a new --output")
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        step, start_epoch, start_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-        if start_in_epoch >= steps_per_epoch:
-            start_epoch, start_in_epoch = start_epoch + 1, 0
-        set_rng_state(state["rng"])
-        _say(d, f"resumed from {path} at step {step} (epoch {start_epoch + 1}, step {start_in_epoch} of it)")
+        t0 = time.time()
+        records, val_records = self.read_corpora()
+        built = self.built = build_model(cfg, d.device)
+        self.model = built.model
+        self.model.output_dict = True
+        apply_locks(self.model, cfg)
+        if cfg.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.towers = TrainingTowers(self.model)
+        self.data = self.make_data(records)
+        self.val_split = self.make_val_split(val_records)
+        self.validates = bool(val_records)
+        self.say(f"corpus: {self.data.describe()}"
+                 + (f", {len(self.val_split)} validation pictures" if self.val_split is not None else "")
+                 + f"; skipped: {describe_skipped(self.corpus)}; ready in {time.time() - t0:.1f}s"
+                 + (" (decoded into memory)" if self.data.in_memory else ""))
+        seed_everything(rank_seed(cfg.seed, d.rank))  # dropout and the like differ between ranks
+        self.make_optimizer()
+        if self.resume_state is not None:
+            self.step, self.start_epoch, self.start_in_epoch = restore(
+                self.resume_state, d, self.model, self.optimizer, self.scheduler, self.scaler, self.data)
+            self.say(f"resumed from {self.resume_path} at step {self.step} (epoch {self.start_epoch + 1}, "
+                     f"step {self.start_in_epoch} of it)")
+            if self.budget is not None and self.scheduler.total < UNPLANNED:
+                self.budget.planned_steps = self.scheduler.total  # the schedule was fixed before: kept
+            self.resume_state = None  # the weights are in the model now: free the copy
+        self.ddp_model = self.wrap()
+        self.write_config()
+        self.log = MetricsLog(self.output, enabled=d.is_main)
+        self.templates = None
+        if cfg.templates:
+            from encoders import load_templates
 
-    ddp_model = towers
-    if d.enabled:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            towers, device_ids=[d.local_rank] if d.device.type == "cuda" else None, broadcast_buffers=False)
-    if cfg.compile:
-        ddp_model = torch.compile(ddp_model)
-    no_sync = ddp_model.no_sync if d.enabled and hasattr(ddp_model, "no_sync") else None
+            self.templates = load_templates(cfg.templates)
 
-    if d.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.json").write_text(json.dumps({**asdict(cfg), "precision": precision,
-                                                        "world_size": d.world_size}, indent=2))
-    log = MetricsLog(output, enabled=d.is_main)
-    templates = None
-    if cfg.templates:
-        from encoders import load_templates
+    def read_corpora(self):
+        """(training records, or None when tar shards stream; validation records)."""
+        cfg = self.cfg
+        tars = [is_tar_pattern(spec) and not Path(spec).is_dir() for spec in cfg.data]
+        if any(tars):
+            if not all(tars):
+                raise TrainConfigError("tar shards are streamed: give them alone in --data (or list all the "
+                                       "pictures in one CSV/JSONL)")
+            if cfg.val_fraction:
+                raise TrainConfigError("--val-fraction needs a listed corpus; with tar shards, hold some shards "
+                                       "out and give them with --val-data")
+            self.corpus = Corpus([])
+            records = None
+        else:
+            self.corpus = read_corpus(cfg.data, cfg.image_column, cfg.caption_column, cfg.label_column)
+            records = self.corpus.records
+        if cfg.val_data:
+            val_records = read_corpus(cfg.val_data, cfg.image_column, cfg.caption_column, cfg.label_column).records
+        elif records is not None:
+            records, val_records = split_by_image(records, cfg.val_fraction, cfg.seed)
+        else:
+            val_records = []
+        if records is not None and not records:
+            raise TrainConfigError("no training pictures left after holding out the validation split")
+        global_batch = cfg.batch_size * cfg.accum_steps * self.d.world_size
+        if records is not None and global_batch > len(records):
+            raise TrainConfigError(f"the effective batch ({global_batch}) is larger than the training corpus "
+                                   f"({len(records)} pictures); lower --batch-size")
+        return records, val_records
 
-        templates = load_templates(cfg.templates)
+    def make_data(self, records):
+        cfg, d, built = self.cfg, self.d, self.built
+        pictures = TrainPictures(built.image_size)
+        trim = self.towers.trims_text
+        pin = d.device.type == "cuda"
+        if records is None:
+            return self.make_stream(pictures, trim, pin)
+        split = build_split(records, built.tokenizer, pictures, self.corpus.skipped)
+        global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
+        if len(split) < global_batch:
+            raise TrainConfigError(f"only {len(split)} readable training pictures for an effective batch of "
+                                   f"{global_batch} ({describe_skipped(self.corpus)}); lower --batch-size")
+        workers = cfg.workers if cfg.workers is not None else default_workers(split.store.in_memory)
+        return RecordData(split, built.train_transform, cfg.batch_size, cfg.accum_steps, d.rank, d.world_size,
+                          cfg.seed, workers, pin, trim)
 
-    def checkpoint_payload(epoch: int, in_epoch: int) -> dict:
-        return {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "step_in_epoch": in_epoch,
-                "rng": rng_state(), "config": json.loads(json.dumps(asdict(cfg))),
-                "architecture": built.architecture}
+    def make_stream(self, pictures, trim: bool, pin: bool):
+        from .corpus import expand_shards
+        from .resume import rank_state
+        from .stream import ShardStream, StreamData, count_samples
 
-    def validate(epoch: int) -> dict | None:
-        if val_split is None:
+        cfg, d = self.cfg, self.d
+        shards = expand_shards(cfg.data)
+        n_samples = run_on_main(d, lambda: count_samples(shards))
+        workers = cfg.workers
+        if workers is None and self.resume_state is not None:  # a resumed stream needs its loader slots back
+            workers = rank_state(self.resume_state, d.rank).get("data", {}).get("slots")
+        workers = default_workers(False) if workers is None else workers
+        stream = ShardStream(shards, pictures, self.built.train_transform, self.built.tokenizer, cfg.batch_size,
+                             cfg.seed, d.rank, d.world_size, max(1, workers), cfg.resampled, cfg.caption_column,
+                             trim)
+        return StreamData(stream, n_samples, cfg.accum_steps, workers, pin)
+
+    def make_val_split(self, val_records):
+        """Rank 0 validates alone: only it decodes the validation pictures (at the model's input size)."""
+        if not val_records:
             return None
-        result = None
-        if d.is_main:
-            result = evaluate(model, val_split, built.preprocess, built.tokenizer, d.device, cfg.batch_size,
-                              templates, autocast)
-            log.log(step, {"epoch": epoch + 1, **flatten(result, "val/")})
-            t2i, i2t = result["text_to_image"], result["image_to_text"]
-            _say(d, f"epoch {epoch + 1} validation: text→image R@1/5/10 {t2i['recall@1']:.3f}/"
-                    f"{t2i['recall@5']:.3f}/{t2i['recall@10']:.3f}, image→text R@1 {i2t['recall@1']:.3f}"
-                    + (f", zero-shot top1 {result['zero_shot']['top1']:.3f}" if "zero_shot" in result else ""))
-        barrier(d)
-        return result
+
+        def decode():
+            pictures = ModelPictures(self.built.preprocess, self.model.visual.image_size)
+            split = build_split(val_records, self.built.tokenizer, pictures, self.corpus.skipped)
+            if not len(split):
+                raise TrainConfigError(f"none of the {len(val_records)} validation pictures could be read "
+                                       f"({describe_skipped(self.corpus)})")
+            return split
+
+        return run_on_main(self.d, decode, share=False)
+
+    def make_optimizer(self) -> None:
+        cfg, d = self.cfg, self.d
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.wd)
+        # With a time budget and no --epochs, the steps that measure the step time warm up towards
+        # a schedule without end (a learning rate near zero); the real schedule then takes over.
+        total = self.data.steps_per_epoch * cfg.epochs if cfg.epochs else UNPLANNED
+        self.scheduler = WarmupCosine(self.optimizer, cfg.lr, warmup_steps(cfg.warmup, total), total)
+        self.scaler = torch.amp.GradScaler(d.device.type) if self.precision == "fp16" else None
+        self.autocast = autocast_for(self.precision, d.device)
+        self.loss_fn = make_loss(cfg.loss, d.rank, d.world_size)
+
+    def wrap(self):
+        cfg, d = self.cfg, self.d
+        model = self.towers
+        if d.enabled:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, forward_sync_buffers=False)
+        if cfg.compile:
+            if cfg.grad_checkpointing and d.enabled:
+                # As open_clip_train: DDP's graph splitting in dynamo fails with checkpointed blocks.
+                torch._dynamo.config.optimize_ddp = False
+            model = torch.compile(model)
+        self.no_sync = model.no_sync if d.enabled and hasattr(model, "no_sync") else None
+        return model
+
+    def write_config(self) -> None:
+        if self.d.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / "config.json").write_text(json.dumps({**asdict(self.cfg), "precision": self.precision,
+                                                                 "world_size": self.d.world_size}, indent=2))
 
     # ---------------------------------------------------------------- the loop
-    samples_per_step = global_batch
-    last_val = None
-    failed_total = 0
-    start_time = time.time()
-    trained_samples = 0
-    done = step >= total_steps
-    for epoch in range(start_epoch, cfg.epochs):
-        if done:
-            break
-        first = start_in_epoch if epoch == start_epoch else 0
-        sampler.set_epoch(epoch, first)
-        progress = _progress(d, cfg, steps_per_epoch, first, epoch)
-        micro, epoch_start, window_samples, window_start = [], time.time(), 0, time.time()
-        in_epoch = first
-        for images, texts, failed in loader:
-            failed_total += int(failed.sum())
-            micro.append((images.to(d.device, non_blocking=True), texts.to(d.device, non_blocking=True)))
+    @property
+    def total_steps(self) -> int:
+        total = self.scheduler.total
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    def loop(self) -> None:
+        cfg = self.cfg
+        spe = self.data.steps_per_epoch
+        self.train_start = time.time()
+        done = self.step >= self.total_steps
+        for epoch in itertools.count(self.start_epoch):
+            if done or (cfg.epochs is not None and epoch >= cfg.epochs):
+                break
+            first = self.start_in_epoch if epoch == self.start_epoch else 0
+            progress = self.progress_bar(spe, first, epoch)
+            in_epoch, done = self.run_epoch(epoch, first, progress)
+            if progress is not None:
+                progress.close()
+            if in_epoch == spe:
+                self.end_epoch(epoch, in_epoch)
+            barrier(self.d)
+        if self.budget is not None and self.step % spe:  # the budget ended mid-epoch: the model still gets its figures
+            self.last_val = self.validate(self.step // spe) or self.last_val
+
+    def run_epoch(self, epoch: int, first: int, progress) -> tuple[int, bool]:
+        cfg, d = self.cfg, self.d
+        micro, in_epoch = [], first
+        self.window = (0, time.time())
+        self.epoch_start = time.time()
+        for images, texts, failed in self.data.batches(epoch, first):
+            self.failed_total += int(failed.sum())
+            texts = texts.to(d.device, non_blocking=True)
+            if cfg.compile and self.towers.trims_text:
+                mark_text_length_dynamic(texts)
+            micro.append((images.to(d.device, non_blocking=True), texts))
             if len(micro) < cfg.accum_steps:
                 continue
-            lr = scheduler.set(step)
-            loss = accumulate_gradients(ddp_model, loss_fn, micro, autocast, scaler, no_sync)
-            grad_norm = optimizer_step(ddp_model, optimizer, scaler, cfg.grad_clip)
-            micro = []
-            step += 1
-            in_epoch += 1
-            trained_samples += samples_per_step
-            window_samples += samples_per_step
-            loss_value = all_reduce_mean(d, loss.item())  # each rank holds the loss of its own rows
-            if not math.isfinite(loss_value):
-                raise RuntimeError(f"loss is {loss_value} at step {step}: lower --lr or use --precision fp32")
-            now = time.time()
-            rate = window_samples / max(now - window_start, 1e-9)
-            if progress is not None:
-                progress.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.0f}", lr=f"{lr:.2e}")
-                progress.update(1)
-            if step % cfg.log_every == 0 or in_epoch == steps_per_epoch or step == total_steps:
-                log.log(step, {"epoch": epoch + 1, "train/loss": loss_value, "train/lr": lr,
-                               "train/samples_per_s": rate, "train/logit_scale": unwrap(model).logit_scale.exp().item(),
-                               **({"train/grad_norm": grad_norm} if grad_norm is not None else {})})
-                window_samples, window_start = 0, now
-            else:
-                log.log(step, {"epoch": epoch + 1, "train/loss": loss_value})
-            if cfg.save_every and step % cfg.save_every == 0 and in_epoch < steps_per_epoch and d.is_main:
-                save_checkpoint(output, "step", step, checkpoint_payload(epoch, in_epoch))
-            if step >= total_steps:
-                done = True
-                break
+            self.train_step(micro, epoch, in_epoch + 1, progress)
+            micro, in_epoch = [], in_epoch + 1
+            if cfg.save_every and self.step % cfg.save_every == 0 and in_epoch < self.data.steps_per_epoch:
+                self.save("step", epoch, in_epoch)
+            if self.step >= self.total_steps or self.out_of_time():
+                return in_epoch, True
+        return in_epoch, False
+
+    def train_step(self, micro: list, epoch: int, in_epoch: int, progress) -> None:
+        cfg, d = self.cfg, self.d
+        lr = self.scheduler.set(self.step)
+        loss = accumulate_gradients(self.ddp_model, self.loss_fn, micro, self.autocast, self.scaler, self.no_sync)
+        grad_norm = optimizer_step(self.ddp_model, self.optimizer, self.scaler, cfg.grad_clip)
+        self.step += 1
+        samples = cfg.batch_size * cfg.accum_steps * d.world_size
+        self.trained_samples += samples
+        self.loss_value = all_reduce_mean(d, loss.item())  # each rank holds the loss of its own rows
+        if not math.isfinite(self.loss_value):
+            raise TrainConfigError(f"the loss is {self.loss_value} at step {self.step}: lower --lr or use "
+                                   "--precision fp32")
+        window_samples, window_start = self.window
+        window_samples += samples
+        now = time.time()
+        rate = window_samples / max(now - window_start, 1e-9)
         if progress is not None:
-            progress.close()
-        epoch_time = time.time() - epoch_start
-        if in_epoch == steps_per_epoch:
-            _say(d, f"epoch {epoch + 1}/{cfg.epochs}: loss {loss_value:.4f}, "
-                    f"{(in_epoch - first) * samples_per_step / max(epoch_time, 1e-9):.1f} samples/s")
-            if d.is_main:
-                save_checkpoint(output, "epoch", step, checkpoint_payload(epoch, in_epoch))
-            last_val = validate(epoch) or last_val
+            progress.set_postfix(loss=f"{self.loss_value:.4f}", samples_s=f"{rate:.0f}", lr=f"{lr:.2e}")
+            progress.update(1)
+        if self.step % cfg.log_every == 0 or in_epoch == self.data.steps_per_epoch or self.step == self.total_steps:
+            self.log.log(self.step, {"epoch": epoch + 1, "train/loss": self.loss_value, "train/lr": lr,
+                                     "train/samples_per_s": rate,
+                                     "train/logit_scale": unwrap(self.model).logit_scale.exp().item(),
+                                     **({"train/grad_norm": grad_norm} if grad_norm is not None else {})})
+            window_samples, window_start = 0, now
+        else:
+            self.log.log(self.step, {"epoch": epoch + 1, "train/loss": self.loss_value})
+        self.window = (window_samples, window_start)
+
+    def end_epoch(self, epoch: int, in_epoch: int) -> None:
+        first = self.start_in_epoch if epoch == self.start_epoch else 0
+        epoch_time = time.time() - self.epoch_start
+        samples = self.cfg.batch_size * self.cfg.accum_steps * self.d.world_size
+        self.say(f"epoch {epoch + 1}{'/' + str(self.cfg.epochs) if self.cfg.epochs else ''}: loss "
+                 f"{self.loss_value:.4f}, {(in_epoch - first) * samples / max(epoch_time, 1e-9):.1f} samples/s")
+        self.save("epoch", epoch, in_epoch)
+        self.last_val = self.validate(epoch) or self.last_val
+
+    def save(self, kind: str, epoch: int, in_epoch: int) -> None:
+        """Collective (every rank's random state and data position are gathered); rank 0 writes."""
+        ranks = gather_rank_states(self.d, self.data)
+        if self.d.is_main:
+            payload = {"state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                       "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                       "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": epoch,
+                       "step_in_epoch": in_epoch, "ranks": ranks, "world_size": self.d.world_size,
+                       "config": json.loads(json.dumps(asdict(self.cfg))), "architecture": self.built.architecture}
+            save_checkpoint(self.output, kind, self.step, payload)
+
+    def validate(self, epoch: int) -> dict | None:
+        """Rank 0 evaluates while the others wait (the process-group timeout allows for it)."""
+        if not self.validates:
+            return None
+
+        def evaluate_and_log() -> dict:
+            result = evaluate(self.model, self.val_split, self.built.tokenizer, self.d.device, self.cfg.batch_size,
+                              self.templates, self.autocast)
+            self.log.log(self.step, {"epoch": epoch + 1, **flatten(result, "val/")})
+            t2i, i2t = result["text_to_image"], result["image_to_text"]
+            self.say(f"epoch {epoch + 1} validation: text→image (per unique caption) R@1/5/10 {t2i['recall@1']:.3f}/"
+                     f"{t2i['recall@5']:.3f}/{t2i['recall@10']:.3f}, image→text R@1 {i2t['recall@1']:.3f}"
+                     + (f", zero-shot top1 {result['zero_shot']['top1']:.3f}" if "zero_shot" in result else ""))
+            return result
+
+        return run_on_main(self.d, evaluate_and_log, share=False)
+
+    # ---------------------------------------------------------------- the time budget
+    def out_of_time(self) -> bool:
+        """With ``--time-budget``: fix the schedule once the first steps are timed; stop when time runs out."""
+        budget = self.budget
+        if budget is None:
+            return False
+        spe, save_every = self.data.steps_per_epoch, self.cfg.save_every
+        if budget.step_done():
+            self.plan_schedule()
+        late = self.d.is_main and budget.must_stop(self.step, spe, save_every, self.validates)
+        return any_rank(self.d, late)
+
+    def plan_schedule(self) -> None:
+        """Rank 0 estimates what else the run will spend time on and sizes the schedule; every rank takes it.
+
+        A resumed run keeps the schedule it was given; the estimates then only serve the guard.
+        """
+        budget, cfg, spe = self.budget, self.cfg, self.data.steps_per_epoch
+
+        def estimate_and_plan():
+            n_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            budget.costs.export = write_seconds(n_bytes)
+            budget.costs.checkpoint = write_seconds(3 * n_bytes)  # weights and the two Adam moments
+            budget.costs.validation = self.validation_seconds()
+            cap = spe * cfg.epochs if cfg.epochs else None
+            total = budget.planned_steps or budget.plan(self.step, spe, cap, cfg.save_every, self.validates)
+            return total, budget.costs
+
+        total, budget.costs = run_on_main(self.d, estimate_and_plan)
+        if total == budget.planned_steps and self.scheduler.total == total:
+            return
+        budget.planned_steps = total
+        self.scheduler.warmup, self.scheduler.total = warmup_steps(cfg.warmup, total), max(total, 1)
+        self.say(f"time budget: {budget.costs.step:.3f}s a step; the schedule is fixed at {total} steps "
+                 f"({total / spe:.1f} epochs)")
+
+    def validation_seconds(self) -> float:
+        """One validation, timed on a slice of the validation set and scaled to all of it."""
+        if self.val_split is None:
+            return 0.0
+        n = min(len(self.val_split), 2 * self.cfg.batch_size)
+        start = time.monotonic()
+        evaluate(self.model, self.val_split.subset(list(range(n))), self.built.tokenizer, self.d.device,
+                 self.cfg.batch_size, self.templates, self.autocast)
+        return (time.monotonic() - start) * len(self.val_split) / n
+
+    # ---------------------------------------------------------------- the end
+    def finish(self) -> dict:
+        cfg, d = self.cfg, self.d
+        elapsed = time.time() - self.train_start
+        summary = {"steps": self.step, "epochs": cfg.epochs, "precision": self.precision, "world_size": d.world_size,
+                   "samples_per_s": self.trained_samples / max(elapsed, 1e-9), "train_seconds": elapsed,
+                   "train_pictures": self.data.n_samples,
+                   "skipped": dict(self.corpus.skipped), "unreadable_during_training": self.failed_total,
+                   "model": str(self.output / EXPORT_DIR), "validation": self.last_val}
+        if d.is_main:
+            export_model(self.model, self.built.model_cfg, self.built.architecture, self.output / EXPORT_DIR,
+                         extra={"trained_steps": self.step, "loss": cfg.loss, "seed": cfg.seed},
+                         tokenizer=self.built.tokenizer)
+            if self.budget is not None:
+                self.budget.exported_after = self.budget.elapsed()
+            self.log.close()
+            plot_curves(self.output / "metrics.jsonl", self.output / "curves.png")  # says why, should it fail
+            if self.budget is not None:
+                summary["time_budget"] = self.budget.report()
+            (self.output / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.say(f"model written to {self.output / EXPORT_DIR} ({summary['samples_per_s']:.1f} samples/s)")
         barrier(d)
+        return summary
 
-    elapsed = time.time() - start_time
-    summary = {"steps": step, "epochs": cfg.epochs, "precision": precision, "world_size": d.world_size,
-               "samples_per_s": trained_samples / max(elapsed, 1e-9), "train_seconds": elapsed,
-               "train_pictures": len(train_split), "skipped": dict(corpus.skipped),
-               "unreadable_during_training": failed_total, "model": str(output / EXPORT_DIR),
-               "validation": last_val}
-    if d.is_main:
-        export_model(model, built.model_cfg, built.architecture, output / EXPORT_DIR,
-                     extra={"trained_steps": step, "loss": cfg.loss, "seed": cfg.seed})
-        log.close()
-        plot_curves(output / "metrics.jsonl", output / "curves.png")
-        (output / "summary.json").write_text(json.dumps(summary, indent=2))
-        _say(d, f"model written to {output / EXPORT_DIR} ({summary['samples_per_s']:.1f} samples/s)")
-    barrier(d)
-    return summary
+    def progress_bar(self, total: int, initial: int, epoch: int):
+        if not (self.d.is_main and self.cfg.progress):
+            return None
+        from tqdm.auto import tqdm
 
-
-def _progress(d: Dist, cfg: TrainConfig, total: int, initial: int, epoch: int):
-    if not (d.is_main and cfg.progress):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                dynamic_ncols=True, leave=False)
+        label = f"epoch {epoch + 1}" + (f"/{self.cfg.epochs}" if self.cfg.epochs else "")
+        return tqdm(total=total, initial=initial, desc=label, unit="step", dynamic_ncols=True, leave=False)

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
+
+
+def missing(piece: str, package: str, error: BaseException) -> None:
+    """One line for an optional piece that cannot be made; the run goes on (metrics.jsonl is the record)."""
+    reason = f"the {package} package is missing (pip install {package})" if isinstance(error, ImportError) \
+        else f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    print(f"note: {piece} not written: {reason}", file=sys.stderr, flush=True)
 
 
 class MetricsLog:
@@ -17,8 +25,8 @@ class MetricsLog:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(output / "tensorboard"))
-            except Exception:  # TensorBoard is optional: JSONL is the record
-                self.writer = None
+            except Exception as e:  # TensorBoard is optional: JSONL is the record
+                missing("TensorBoard log", "tensorboard", e)
 
     def log(self, step: int, values: dict) -> None:
         if not self.enabled:
@@ -43,7 +51,15 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_curves(metrics_path: Path, png: Path) -> Path | None:
-    """Training loss and validation recall against the optimizer step (last value wins per step)."""
+    """Training loss and validation recall against the optimizer step; never fails the run (says why not)."""
+    try:
+        return _plot(metrics_path, png)
+    except Exception as e:
+        missing(png.name, "matplotlib", e)
+        return None
+
+
+def _plot(metrics_path: Path, png: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")

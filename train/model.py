@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -85,11 +84,14 @@ def check_model_name(cfg: TrainConfig) -> None:
     import open_clip
 
     import encoders  # noqa: F401  (registers the built-in architecture with open_clip)
+    from encoders.spec import HUB_PREFIX
 
     if cfg.checkpoint and Path(cfg.checkpoint).is_dir():
         return
     if cfg.checkpoint and not cfg.model:
         raise TrainConfigError(f"--checkpoint {cfg.checkpoint} is a weights file: name its architecture with --model")
+    if cfg.model.startswith(HUB_PREFIX):
+        return  # the repo's config decides; a zoo --model given with it is compared when it loads
     if cfg.model not in open_clip.list_models():
         raise TrainConfigError(f"unknown model {cfg.model!r}; see open_clip.list_models() "
                                "(e.g. ViT-B-32, RN50, clipsearch-tiny)")
@@ -108,52 +110,66 @@ def _image_size(cfg) -> int:
     return cfg.size if isinstance(cfg.size, int) else max(cfg.size)
 
 
-def build_model(cfg: TrainConfig, device: torch.device) -> Built:
-    import open_clip
+def _source(cfg: TrainConfig) -> tuple[str, str]:
+    """(open_clip's name to build from, the architecture recorded in the export)."""
+    from encoders import HUB_CONFIG, hub_folder_architecture
 
-    import encoders  # noqa: F401  (registers the built-in architecture with open_clip)
-    from encoders import HUB_CONFIG, ModelError, ModelSpec, hub_folder_architecture, load_encoder
-
-    siglip = cfg.loss == "siglip"
     if cfg.checkpoint and Path(cfg.checkpoint).is_dir():
         folder = Path(cfg.checkpoint)
         if not (folder / HUB_CONFIG).is_file():
             raise TrainConfigError(f"{folder} is not a model folder: it has no {HUB_CONFIG}")
-        model_cfg = json.loads((folder / HUB_CONFIG).read_text())["model_cfg"]
-        architecture = hub_folder_architecture(folder)
-        name = f"local-dir:{folder}"
-    else:
-        name = cfg.model
-        if name not in open_clip.list_models():
-            raise TrainConfigError(f"unknown model {name!r}; see open_clip.list_models() "
-                                   "(e.g. ViT-B-32, RN50, clipsearch-tiny)")
-        model_cfg = dict(open_clip.get_model_config(name))
-        architecture = name
+        return f"local-dir:{folder}", hub_folder_architecture(folder)
     if cfg.checkpoint and not Path(cfg.checkpoint).exists():
         raise TrainConfigError(f"checkpoint not found: {cfg.checkpoint}")
+    if cfg.pretrained and cfg.pretrained.startswith("hf-hub:"):
+        return cfg.pretrained, cfg.model  # the repo's own config; cfg.model is its name or a matching zoo name
+    return cfg.model, cfg.model
+
+
+def _load(cfg: TrainConfig, name: str, device: torch.device):
+    """(model, tokenizer) with each parameter's ``requires_grad`` as the architecture set it."""
+    import open_clip
+
+    from encoders import ModelError, ModelSpec, load_encoder
 
     if not cfg.from_weights:  # from scratch: the run's seed decides the initial weights
         torch.manual_seed(cfg.seed)
-        kwargs = dict(init_logit_scale=SIGLIP_INIT_SCALE, init_logit_bias=SIGLIP_INIT_BIAS) if siglip else {}
+        kwargs = dict(init_logit_scale=SIGLIP_INIT_SCALE, init_logit_bias=SIGLIP_INIT_BIAS) if cfg.loss == "siglip" \
+            else {}
         logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": that is the point here
         try:
             model = open_clip.create_model(name, device=device, **kwargs)
         finally:
             logging.disable(logging.NOTSET)
-    else:
-        try:
-            spec = ModelSpec.from_options(None if name.startswith("local-dir:") else name,
-                                          cfg.pretrained if not cfg.checkpoint else None, cfg.checkpoint)
-            model = load_encoder(spec, device=device).model
-        except ModelError as e:
-            raise TrainConfigError(str(e)) from e
-        if siglip and getattr(model, "logit_bias", None) is None:
-            model.logit_bias = torch.nn.Parameter(torch.full_like(model.logit_scale, SIGLIP_INIT_BIAS))
+        return model, open_clip.get_tokenizer(name)
+    try:
+        spec = ModelSpec.from_options(None if name.startswith("local-dir:") else cfg.model,
+                                      cfg.pretrained if not cfg.checkpoint else None, cfg.checkpoint)
+        encoder = load_encoder(spec, device=device, for_training=True)
+    except ModelError as e:
+        raise TrainConfigError(str(e)) from e
+    return encoder.model, encoder.tokenizer
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> Built:
+    import encoders  # noqa: F401  (registers the built-in architecture with open_clip)
+    from encoders import ModelError, model_config
+
+    name, architecture = _source(cfg)
+    model, tokenizer = _load(cfg, name, device)
+    try:
+        model_cfg = model_config(name)
+    except ModelError as e:
+        raise TrainConfigError(str(e)) from e
+    if cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:
+        model.logit_bias = torch.nn.Parameter(torch.full_like(model.logit_scale, SIGLIP_INIT_BIAS))
     if getattr(model, "logit_bias", None) is not None:
-        model_cfg["init_logit_bias"] = float(SIGLIP_INIT_BIAS)  # so the exported state dict loads
-    model.train().requires_grad_(True)
+        model_cfg.setdefault("init_logit_bias", float(SIGLIP_INIT_BIAS))  # so the exported state dict loads
+        if cfg.loss == "clip":
+            # The softmax loss never uses the bias: frozen, it keeps its value and DDP finds no unused parameter.
+            model.logit_bias.requires_grad_(False)
+    model.train()
     train_transform, preprocess, pp_cfg = _transforms(model)
-    tokenizer = open_clip.get_tokenizer(name)
     return Built(model, train_transform, preprocess, tokenizer, architecture, model_cfg, _image_size(pp_cfg))
 
 
