@@ -39,7 +39,6 @@ setup(install_requires=[
     # `search app`: the search page.
     "streamlit>=1.40",
     # `search train`: tar shards, the TensorBoard log and the PNG of the curves.
-    "webdataset>=0.2",
     "braceexpand>=0.1.7",
     "tensorboard>=2.15",
     "matplotlib>=3.8",
