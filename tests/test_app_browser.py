@@ -213,3 +213,4 @@ def test_search_app_command_serves_the_library_on_localhost(library, browser, tm
         sync_api.expect(first_card(page)).to_contain_text(target.name, timeout=UI_TIMEOUT)
     finally:
         stop(server)
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
