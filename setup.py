@@ -15,6 +15,9 @@ choice = os.environ.get("CLIPSEARCH_FAISS", "cpu")
 if choice not in FAISS_BUILDS:
     raise SystemExit(f"CLIPSEARCH_FAISS must be one of {', '.join(FAISS_BUILDS)}, not {choice!r}")
 
+# Each lower bound is the lowest release the whole test suite passes with, every direct dependency at its
+# floor together (Python 3.11 wheels only): `bash .ci/floors.sh` checks them again. A comment says why
+# where a floor is higher than what the code itself calls for.
 setup(install_requires=[
     "torch==2.14.1",
     "torchvision==0.29.1",
@@ -22,25 +25,29 @@ setup(install_requires=[
     FAISS_BUILDS[choice],
     "sqlalchemy>=2.0",
     "pillow>=10",
-    "xxhash>=3.0",  # content hashes: 0.5 ms for a 4 MB photo against 7 ms for blake2b (indexer/hashes.py)
+    "xxhash>=3.2",  # content hashes: 0.5 ms for a 4 MB photo against 7 ms for blake2b (indexer/hashes.py)
     "simplejpeg>=1.7",  # JPEG decoding at reduced scale without Pillow's buffering (encoders/decode.py)
-    "numpy>=1.24",
+    "numpy>=1.25",  # faiss-cpu 1.9 needs it
     "safetensors>=0.4",
-    "typer>=0.12",
-    "rich>=13",
+    # Older typer calls click APIs that current click deprecates (warnings on every command's stderr);
+    # typer 0.15 and older fail outright with click 8.2 and newer, which pip installs beside them.
+    "typer>=0.26",
+    "rich>=13.8",  # typer 0.26 needs it
     # Queries start without torch: the text tower runs in ONNX Runtime (search/fastpath.py).
-    "onnxruntime>=1.17",
+    "onnxruntime>=1.20",  # the exported tower's end-token pooling is an ArgMax over int64: no kernel before 1.20
     "onnx>=1.15",
     # open_clip's own dependencies that our code imports directly (tokenizer, hub downloads, progress).
     "huggingface_hub>=0.20",
-    "regex",
-    "ftfy",
-    "tqdm",
-    # `search app`: the search page.
-    "streamlit>=1.40",
-    # `search train`: tar shards, the TensorBoard log and the PNG of the curves.
-    "webdataset>=0.2",
+    "regex>=2022.9.11",
+    "ftfy>=6.1",
+    "tqdm>=4.42.1",
+    # `search app`: the search page. The page needs 1.53 (st.file_uploader's max_upload_size) and its
+    # tests 1.59 (AppTest.file_uploader, AppTest.image); 1.59 to 1.61.0 fail to serve the thumbnails
+    # with the starlette that pip installs beside them (1.61.1 caps starlette, 1.62 fixes it).
+    "streamlit>=1.61.1",
+    # `search train`: tar shards (streamed through webdataset's tar reader), the TensorBoard log, the curves.
+    "webdataset>=0.2.86",
     "braceexpand>=0.1.7",
-    "tensorboard>=2.15",
-    "matplotlib>=3.8",
+    "tensorboard>=2.16.2",  # older releases cap protobuf below what streamlit needs; 2.16.0 requires tf-keras-nightly
+    "matplotlib>=3.10.7",  # older releases call pyparsing APIs that pyparsing 3.3 deprecates (warnings on stderr)
 ])

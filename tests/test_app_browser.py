@@ -274,3 +274,4 @@ def test_search_app_without_its_key(library, browser, tmp_path):
         the_page_searches(page, library)
     finally:
         stop(server)
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
