@@ -78,10 +78,19 @@ def check_hub_architecture(model: str, hub_name: str) -> None:
 
 
 def _forces_quick_gelu(model: str, pretrained: str | None) -> bool:
-    """OpenAI's weights were trained with QuickGELU: a zoo name built with nn.GELU must switch for its tags."""
-    if not pretrained or (open_clip.get_model_config(model) or {}).get("quick_gelu"):
-        return False
-    return bool(open_clip.get_pretrained_cfg(model, pretrained).get("quick_gelu"))
+    """Weights trained with QuickGELU (OpenAI's; open_clip's tag says so) need it in a zoo name built with nn.GELU.
+
+    open_clip only warns about the mismatch (ViT-B-32 with ``openai``); the vectors would be subtly wrong.
+    """
+    tag = open_clip.get_pretrained_cfg(model, pretrained) if pretrained else {}
+    return bool(tag.get("quick_gelu")) and not (open_clip.get_model_config(model) or {}).get("quick_gelu")
+
+
+def _config_as_built(name: str, pretrained: str | None) -> dict | None:
+    config = open_clip.get_model_config(name)
+    if config is None:
+        return None
+    return {**config, "quick_gelu": True} if _forces_quick_gelu(name, pretrained) else dict(config)
 
 
 def model_config(name: str, pretrained: str | None = None) -> dict:
@@ -93,12 +102,12 @@ def model_config(name: str, pretrained: str | None = None) -> dict:
     downloads = _downloads_if_online() if name.startswith(HUB_PREFIX) else contextlib.nullcontext()
     try:
         with downloads, _quiet_open_clip():
-            config = open_clip.get_model_config(name)
+            config = _config_as_built(name, pretrained)
     except Exception as e:  # the hub client reports a missing download through many exception types
         raise ModelError(f"cannot read the configuration of {name}: {type(e).__name__}; {OFFLINE_HINT}") from e
     if config is None:
         raise ModelError(f"unknown model {name!r}; see open_clip.list_models() (e.g. ViT-B-32, RN50, clipsearch-tiny)")
-    return {**config, "quick_gelu": True} if _forces_quick_gelu(name, pretrained) else dict(config)
+    return config
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -184,7 +193,9 @@ def _tokenizer(name: str, config: dict, model: str):
     try:
         return open_clip.get_tokenizer(name)
     except Exception as e:  # transformers and the hub client report a missing download through many types
-        where = config.get("text_cfg", {}).get("hf_tokenizer_name") or name
+        if not _hub_text(name, config):
+            raise ModelError(f"cannot make the tokenizer of {model}: {sentence(e)}") from e
+        where = config["text_cfg"].get("hf_tokenizer_name") or config["text_cfg"]["hf_model_name"]
         raise ModelError(f"cannot get the tokenizer {where} of {model}: {sentence(e)} {TOKENIZER_HINT}") from e
 
 
@@ -205,11 +216,9 @@ class _Built:
 
 def _create(spec: ModelSpec, source: _Source, device: torch.device) -> _Built:
     with _downloads_if_online() if _needs_hub(source) else contextlib.nullcontext():
-        config = open_clip.get_model_config(source.name)
+        config = _config_as_built(source.name, source.options.get("pretrained"))
         if config is None:
             raise ModelError(f"{source.name} has no model_cfg in its {HUB_CONFIG}")
-        if source.options.get("force_quick_gelu"):
-            config = {**config, "quick_gelu": True}
         # First: a tokenizer that cannot be had fails before a long build.
         tokenizer = _tokenizer(source.name, config, spec.model or source.name)
         if spec.is_hub and spec.model != source.name:
@@ -220,7 +229,7 @@ def _create(spec: ModelSpec, source: _Source, device: torch.device) -> _Built:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)  # the same random model in every process (and no effect otherwise)
             model, _, preprocess = open_clip.create_model_and_transforms(source.name, device=device, **source.options)
-    return _Built(model, preprocess, tokenizer, dict(config))
+    return _Built(model, preprocess, tokenizer, config)
 
 
 def sentence(error: BaseException) -> str:
