@@ -38,6 +38,8 @@ setup(install_requires=[
     "onnx>=1.15",
     # open_clip's own dependencies that our code imports directly (tokenizer, hub downloads, progress).
     "huggingface_hub>=0.20",
+    # SigLIP's and SigLIP2's tokenizers are Hugging Face tokenizers: open_clip loads them through transformers.
+    "transformers>=5.0",
     "regex>=2022.9.11",
     "ftfy>=6.1",
     "tqdm>=4.42.1",

@@ -8,6 +8,7 @@ import logging
 import pickle
 import socket
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,13 +16,17 @@ import open_clip
 import torch
 
 from .encoder import ClipEncoder, best_device
-from .spec import RANDOM_INIT_SEED, ModelError, ModelFingerprint, ModelSpec, file_digest
+from .spec import HUB_PREFIX, RANDOM_INIT_SEED, ModelError, ModelFingerprint, ModelSpec, file_digest
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 HUB_CONFIG = "open_clip_config.json"
 HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 OFFLINE_HINT = ("Without network, use --checkpoint PATH (a folder written by `search train`, or a "
                 "weights file with --model) or --pretrained none (random weights, for trying things out).")
+# Random weights do not help here: the tokenizer is needed whatever the weights.
+TOKENIZER_HINT = ("Without network, use --checkpoint PATH (a folder written by `search train`, which carries its "
+                  "tokenizer), or run once with network so the Hugging Face cache holds it.")
+LOCAL_DIR = "local-dir:"
 
 open_clip.add_model_config(CONFIG_DIR)
 log = logging.getLogger(__name__)
@@ -72,16 +77,37 @@ def check_hub_architecture(model: str, hub_name: str) -> None:
                          "repo's own configuration and tokenizer")
 
 
-def model_config(name: str) -> dict:
-    """open_clip's model config for a zoo name, ``local-dir:FOLDER`` or ``hf-hub:ORG/REPO`` (from the hub's cache)."""
+def _forces_quick_gelu(model: str, pretrained: str | None) -> bool:
+    """Weights trained with QuickGELU (OpenAI's; open_clip's tag says so) need it in a zoo name built with nn.GELU.
+
+    open_clip only warns about the mismatch (ViT-B-32 with ``openai``); the vectors would be subtly wrong.
+    """
+    tag = open_clip.get_pretrained_cfg(model, pretrained) if pretrained else {}
+    return bool(tag.get("quick_gelu")) and not (open_clip.get_model_config(model) or {}).get("quick_gelu")
+
+
+def _config_as_built(name: str, pretrained: str | None) -> dict | None:
+    config = open_clip.get_model_config(name)
+    if config is None:
+        return None
+    return {**config, "quick_gelu": True} if _forces_quick_gelu(name, pretrained) else dict(config)
+
+
+def model_config(name: str, pretrained: str | None = None) -> dict:
+    """open_clip's model config for a zoo name, ``local-dir:FOLDER`` or ``hf-hub:ORG/REPO`` (from the hub's cache).
+
+    With a pretrained tag, the config the model is built with for that tag (QuickGELU for OpenAI's weights),
+    so that an export of it rebuilds the same network.
+    """
+    downloads = _downloads_if_online() if name.startswith(HUB_PREFIX) else contextlib.nullcontext()
     try:
-        with _downloads_if_online(), _quiet_open_clip():
-            config = open_clip.get_model_config(name)
+        with downloads, _quiet_open_clip():
+            config = _config_as_built(name, pretrained)
     except Exception as e:  # the hub client reports a missing download through many exception types
         raise ModelError(f"cannot read the configuration of {name}: {type(e).__name__}; {OFFLINE_HINT}") from e
     if config is None:
         raise ModelError(f"unknown model {name!r}; see open_clip.list_models() (e.g. ViT-B-32, RN50, clipsearch-tiny)")
-    return dict(config)
+    return config
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -118,40 +144,92 @@ def _quiet_open_clip():
         logging.disable(logging.NOTSET)
 
 
-def _create(spec: ModelSpec, device: torch.device):
-    """(model, preprocess, tokenizer, architecture, weights digest) for each kind of source."""
+@dataclass(frozen=True)
+class _Source:
+    """Where open_clip builds a spec's model from, and what identifies its weights."""
+
+    name: str  # open_clip's name for config and tokenizer: a zoo name, local-dir:FOLDER or hf-hub:ORG/REPO
+    architecture: str
+    digest: str
+    options: dict = field(default_factory=dict)  # for create_model_and_transforms
+    downloads: bool = False  # a pretrained tag or a hub repo
+
+
+def _source(spec: ModelSpec) -> _Source:
     if spec.checkpoint and Path(spec.checkpoint).is_dir():
         folder = Path(spec.checkpoint)
         if not (folder / HUB_CONFIG).is_file():
             raise ModelError(f"{folder} is not a model folder: it has no {HUB_CONFIG}")
-        weights = _weights_file(folder)
-        name = f"local-dir:{folder}"
-        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
-        return model, preprocess, open_clip.get_tokenizer(name), hub_folder_architecture(folder), file_digest(weights)
+        return _Source(f"{LOCAL_DIR}{folder}", hub_folder_architecture(folder), file_digest(_weights_file(folder)))
     _check_known(spec)
     if spec.checkpoint:
-        model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=spec.checkpoint,
-                                                                     device=device, weights_only=True)
-        return model, preprocess, open_clip.get_tokenizer(spec.model), spec.model, file_digest(spec.checkpoint)
+        return _Source(spec.model, spec.model, file_digest(spec.checkpoint),
+                       {"pretrained": spec.checkpoint, "weights_only": True})
     if spec.is_random:
-        warnings.warn(f"RANDOM WEIGHTS: {spec.model} with --pretrained none gives meaningless rankings; "
-                      "use it for tests and benchmarks only", stacklevel=3)
+        return _Source(spec.model, spec.model, f"{spec.weights}:torch-{torch.__version__.split('+')[0]}")
+    if spec.is_hub:
+        # open_clip reads the repo's config: its architecture, preprocessing and tokenizer.
+        return _Source(spec.pretrained, spec.model, spec.weights, downloads=True)
+    if _forces_quick_gelu(spec.model, spec.pretrained):
+        # A library filled before QuickGELU was applied holds other vectors: a new identity says so.
+        return _Source(spec.model, spec.model, f"{spec.weights}+quick_gelu",
+                       {"pretrained": spec.pretrained, "force_quick_gelu": True}, downloads=True)
+    return _Source(spec.model, spec.model, spec.weights, {"pretrained": spec.pretrained}, downloads=True)
+
+
+def _hub_text(name: str, config: dict) -> bool:
+    """A text side whose tokenizer or tower open_clip fetches from the Hugging Face hub (SigLIP's tokenizers)."""
+    text = config.get("text_cfg", {})
+    local_tokenizer = name.startswith(LOCAL_DIR)  # open_clip reads a folder's tokenizer from the folder
+    return bool(text.get("hf_model_name") or (text.get("hf_tokenizer_name") and not local_tokenizer))
+
+
+def _needs_hub(source: _Source) -> bool:
+    return source.downloads or _hub_text(source.name, open_clip.get_model_config(source.name) or {})
+
+
+def _tokenizer(name: str, config: dict, model: str):
+    """open_clip's tokenizer for ``name``; one that needs files from a hub fails offline as weights do, in one line."""
+    try:
+        return open_clip.get_tokenizer(name)
+    except Exception as e:  # transformers and the hub client report a missing download through many types
+        if not _hub_text(name, config):
+            raise ModelError(f"cannot make the tokenizer of {model}: {sentence(e)}") from e
+        where = config["text_cfg"].get("hf_tokenizer_name") or config["text_cfg"]["hf_model_name"]
+        raise ModelError(f"cannot get the tokenizer {where} of {model}: {sentence(e)} {TOKENIZER_HINT}") from e
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a zoo name, ``local-dir:FOLDER`` or ``hf-hub:ORG/REPO``, without building the model."""
+    config = model_config(name)
+    with _downloads_if_online() if _hub_text(name, config) else contextlib.nullcontext(), _quiet_open_clip():
+        return _tokenizer(name, config, name)
+
+
+@dataclass
+class _Built:
+    model: torch.nn.Module
+    preprocess: object
+    tokenizer: object
+    config: dict  # open_clip's model config the network was built from
+
+
+def _create(spec: ModelSpec, source: _Source, device: torch.device) -> _Built:
+    with _downloads_if_online() if _needs_hub(source) else contextlib.nullcontext():
+        config = _config_as_built(source.name, source.options.get("pretrained"))
+        if config is None:
+            raise ModelError(f"{source.name} has no model_cfg in its {HUB_CONFIG}")
+        # First: a tokenizer that cannot be had fails before a long build.
+        tokenizer = _tokenizer(source.name, config, spec.model or source.name)
+        if spec.is_hub and spec.model != source.name:
+            check_hub_architecture(spec.model, source.name)
+        if spec.is_random:
+            warnings.warn(f"RANDOM WEIGHTS: {spec.model} with --pretrained none gives meaningless rankings; "
+                          "use it for tests and benchmarks only", stacklevel=3)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(spec.model, device=device)
-        return (model, preprocess, open_clip.get_tokenizer(spec.model), spec.model,
-                f"{spec.weights}:torch-{torch.__version__.split('+')[0]}")
-    with _downloads_if_online():
-        if spec.is_hub:
-            # open_clip reads the repo's config: its architecture, preprocessing and tokenizer.
-            name = spec.pretrained
-            if spec.model != name:
-                check_hub_architecture(spec.model, name)
-            model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
-            return model, preprocess, open_clip.get_tokenizer(name), spec.model, spec.weights
-        model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=spec.pretrained,
-                                                                     device=device)
-        return model, preprocess, open_clip.get_tokenizer(spec.model), spec.model, spec.weights
+            torch.manual_seed(RANDOM_INIT_SEED)  # the same random model in every process (and no effect otherwise)
+            model, _, preprocess = open_clip.create_model_and_transforms(source.name, device=device, **source.options)
+    return _Built(model, preprocess, tokenizer, config)
 
 
 def sentence(error: BaseException) -> str:
@@ -169,7 +247,8 @@ def load_encoder(spec: ModelSpec, device: str | torch.device | None = None, for_
     device = torch.device(device) if device is not None else best_device()
     try:
         with _quiet_open_clip():
-            model, preprocess, tokenizer, architecture, digest = _create(spec, device)
+            source = _source(spec)
+            built = _create(spec, source, device)
     except ModelError:
         raise
     except pickle.UnpicklingError as e:
@@ -180,12 +259,12 @@ def load_encoder(spec: ModelSpec, device: str | torch.device | None = None, for_
         if spec.checkpoint:
             raise ModelError(f"cannot load checkpoint {spec.checkpoint}: {reason}") from e
         raise ModelError(f"cannot get weights {spec.weights} for {spec.model}: {reason} {OFFLINE_HINT}") from e
+    model = built.model
     model.eval()
     if not for_training:
         model.requires_grad_(False)
-    embed_dim = int(model.text_projection.shape[-1] if hasattr(model, "text_projection")
-                    and model.text_projection is not None else model.visual.output_dim)
-    fingerprint = ModelFingerprint(architecture=architecture, weights=spec.weights, weights_digest=digest,
-                                   embed_dim=embed_dim)
-    return ClipEncoder(model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, spec=spec,
+    # The config's embed_dim is what both towers project to, whatever kind of tower each is.
+    fingerprint = ModelFingerprint(architecture=source.architecture, weights=spec.weights, weights_digest=source.digest,
+                                   embed_dim=int(built.config["embed_dim"]))
+    return ClipEncoder(model=model, preprocess=built.preprocess, tokenizer=built.tokenizer, device=device, spec=spec,
                        fingerprint=fingerprint)

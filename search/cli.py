@@ -271,6 +271,8 @@ def query(
         if engine.prepare_fast_queries() is not None:
             typer.echo("note: text queries on this library will now start faster (text model exported to ONNX)",
                        err=True)
+        elif engine.fast_query_refusal:
+            typer.echo(f"note: text queries on this library run in PyTorch: {engine.fast_query_refusal}", err=True)
 
 
 @app.command()

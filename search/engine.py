@@ -47,6 +47,7 @@ class SearchEngine:
         if encoder is not None:
             check_same_model(record, encoder.fingerprint, self.library.folder)
         self._vectors: VectorIndex | None = None
+        self.fast_query_refusal: str | None = None  # why this model's text tower stays on PyTorch, once decided
 
     @property
     def encoder(self) -> ClipEncoder:
@@ -231,6 +232,7 @@ class SearchEngine:
             return export_text_tower(self.encoder, folder)
         except ExportRefused as e:
             record_refusal(folder, fingerprint, str(e))
+            self.fast_query_refusal = str(e)
         except (OSError, ImportError):  # a read-only library, or no `onnx` to export with: stay on PyTorch
             pass
         return None

@@ -14,6 +14,7 @@ License, Copyright (c) 2021 OpenAI); tests check it gives the same tokens.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import html
 import importlib.util
@@ -214,6 +215,23 @@ def _tokenizer_settings(encoder) -> int:
     return int(tok.context_length)
 
 
+@contextlib.contextmanager
+def _unfused_attention():
+    """nn.MultiheadAttention's fused inference kernel has no ONNX export; the plain path computes the same.
+
+    PyTorch takes the fused kernel when there is no attention mask, as in the text towers of
+    MobileCLIP and SigLIP (no causal mask).
+    """
+    import torch
+
+    saved = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(saved)
+
+
 def export_text_tower(encoder, folder: str | os.PathLike) -> Path:
     """Export ``encoder``'s text tower beside the library, verify it, and return the ONNX file.
 
@@ -246,12 +264,15 @@ def export_text_tower(encoder, folder: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         example = torch.from_numpy(reference_tokens[:2]).to(device)
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _unfused_attention():
             warnings.simplefilter("ignore")
-            torch.onnx.export(TextTower(model).eval(), (example,), tmp, input_names=["tokens"],
-                              output_names=["embedding"],
-                              dynamic_axes={"tokens": {0: "batch"}, "embedding": {0: "batch"}},
-                              opset_version=17, dynamo=False)
+            try:
+                torch.onnx.export(TextTower(model).eval(), (example,), tmp, input_names=["tokens"],
+                                  output_names=["embedding"],
+                                  dynamic_axes={"tokens": {0: "batch"}, "embedding": {0: "batch"}},
+                                  opset_version=17, dynamo=False)
+            except Exception as e:  # an operator ONNX has no export for, or a tower the tracer cannot follow
+                raise ExportRefused(f"the text tower does not export to ONNX ({type(e).__name__})") from e
         from encoders import PAPER_TEMPLATES
 
         meta = {"version": EXPORT_VERSION, "fingerprint": fingerprint, "architecture": encoder.fingerprint.architecture,

@@ -14,10 +14,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import run_cli  # noqa: E402
+from family_helpers import hub_snapshot  # noqa: E402
 from train_helpers import make_shapes_corpus  # noqa: E402
 
 HUB_REPO = "clipsearch-tests/tiny-shapes"
-HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
 def _config(**kwargs):
@@ -51,13 +51,8 @@ def hub_cache(tmp_path_factory) -> Path:
     from train.checkpoint import export_model
 
     cache = tmp_path_factory.mktemp("hf") / "hub"
-    repo = cache / f"models--{HUB_REPO.replace('/', '--')}"
     torch.manual_seed(5)
-    model = _fresh_tiny()
-    export_model(model, _tiny_cfg(), "clipsearch-tiny",
-                 repo / "snapshots" / HUB_REVISION)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(HUB_REVISION)
+    export_model(_fresh_tiny(), _tiny_cfg(), "clipsearch-tiny", hub_snapshot(cache, HUB_REPO))
     return cache
 
 
@@ -112,7 +107,7 @@ def test_hub_model_brings_its_architecture_and_tokenizer(offline_hub, tmp_path):
     encoder = load_encoder(spec, device="cpu")
     assert encoder.fingerprint.architecture == f"hf-hub:{HUB_REPO}"
     assert encoder.dim == 128 and encoder.tokenizer.context_length == 32  # the repo's, not ViT-B-32's 512 / 77
-    folder = offline_hub / f"models--{HUB_REPO.replace('/', '--')}" / "snapshots" / HUB_REVISION
+    folder = hub_snapshot(offline_hub, HUB_REPO)
     local = load_encoder(ModelSpec.from_options(None, None, str(folder)), device="cpu")
     assert torch.allclose(torch.from_numpy(encoder.encode_texts(["a red circle"])),
                           torch.from_numpy(local.encode_texts(["a red circle"])), atol=1e-6)

@@ -130,9 +130,13 @@ def _load(cfg: TrainConfig, name: str, device: torch.device):
     """(model, tokenizer) with each parameter's ``requires_grad`` as the architecture set it."""
     import open_clip
 
-    from encoders import ModelError, ModelSpec, load_encoder
+    from encoders import ModelError, ModelSpec, load_encoder, load_tokenizer
 
     if not cfg.from_weights:  # from scratch: the run's seed decides the initial weights
+        try:
+            tokenizer = load_tokenizer(name)
+        except ModelError as e:
+            raise TrainConfigError(str(e)) from e
         torch.manual_seed(cfg.seed)
         kwargs = dict(init_logit_scale=SIGLIP_INIT_SCALE, init_logit_bias=SIGLIP_INIT_BIAS) if cfg.loss == "siglip" \
             else {}
@@ -141,7 +145,7 @@ def _load(cfg: TrainConfig, name: str, device: torch.device):
             model = open_clip.create_model(name, device=device, **kwargs)
         finally:
             logging.disable(logging.NOTSET)
-        return model, open_clip.get_tokenizer(name)
+        return model, tokenizer
     try:
         spec = ModelSpec.from_options(None if name.startswith("local-dir:") else cfg.model,
                                       cfg.pretrained if not cfg.checkpoint else None, cfg.checkpoint)
@@ -158,7 +162,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> Built:
     name, architecture = _source(cfg)
     model, tokenizer = _load(cfg, name, device)
     try:
-        model_cfg = model_config(name)
+        model_cfg = model_config(name, cfg.pretrained)  # as built: QuickGELU for OpenAI's weights
     except ModelError as e:
         raise TrainConfigError(str(e)) from e
     if cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:
