@@ -222,7 +222,8 @@ class SearchEngine:
         )
 
         folder, fingerprint = self.library.folder, self.record.fingerprint
-        if not onnx_available(export=True) or self.library.store.engine.dialect.name != "sqlite":
+        if self.library.read_only or not onnx_available(export=True) or \
+                self.library.store.engine.dialect.name != "sqlite":
             return None
         state = export_state(folder, fingerprint)
         if state != "missing":
@@ -231,7 +232,7 @@ class SearchEngine:
             return export_text_tower(self.encoder, folder)
         except ExportRefused as e:
             record_refusal(folder, fingerprint, str(e))
-        except (OSError, ImportError):  # a read-only library, or no `onnx` to export with: stay on PyTorch
+        except (OSError, ImportError):  # a full disk, or no `onnx` to export with: stay on PyTorch
             pass
         return None
 
@@ -241,6 +242,8 @@ class SearchEngine:
         unreadable = self.library.store.unreadable_folders()
         return {
             "library": str(self.library.folder),
+            "schema": self.library.store.schema,
+            "read_only": self.library.read_only,
             **counts,
             "model": {"architecture": record.architecture, "weights": record.weights,
                       "fingerprint": record.fingerprint, "embed_dim": record.embed_dim},
