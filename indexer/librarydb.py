@@ -53,18 +53,19 @@ def unreadable(folder: Path, error: OSError) -> LibraryError:
 
 
 def locate(folder: Path) -> Path | None:
-    """The library's database file, or None when the folder holds none (or does not exist)."""
-    db = folder / DB_NAME
+    """The library's database file, or None when the folder holds none (or does not exist yet)."""
     try:
-        if folder.exists() and not folder.is_dir():
+        if not stat.S_ISDIR(folder.stat().st_mode):
             raise LibraryError(f"the library path {folder} is a file, not a folder: give the folder that holds (or "
                                f"will hold) {DB_NAME}")
-        exists = db.exists()
+        (folder / DB_NAME).stat()
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:  # a file higher up the path
+        raise LibraryError(f"the library path {folder} goes through a file, not a folder") from None
     except OSError as e:
-        if e.errno == errno.ENOTDIR:  # a file higher up the path
-            raise LibraryError(f"the library path {folder} goes through a file, not a folder") from None
         raise unreadable(folder, e) from None
-    return db if exists else None
+    return folder / DB_NAME
 
 
 def check_file(db: Path) -> None:
