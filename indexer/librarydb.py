@@ -108,7 +108,8 @@ def connect(db: Path, read_only: bool) -> sqlite3.Connection:
             connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         return connection
     except sqlite3.DatabaseError as e:
-        if not read_only or "unable to open" not in str(e):
+        # SQLite reports a -shm file it may not make as one it cannot open, or as a write to a read-only folder.
+        if not read_only or not any(sign in str(e) for sign in ("unable to open", "readonly database")):
             raise as_library_error(e, db) from None
     if wal_holds_changes(db):
         raise LibraryError(f"{db} was not closed cleanly and is read-only here: its latest changes are in "
