@@ -54,18 +54,30 @@ def unreadable(folder: Path, error: OSError) -> LibraryError:
 
 def locate(folder: Path) -> Path | None:
     """The library's database file, or None when the folder holds none (or does not exist yet)."""
+    if not folder_exists(folder):
+        return None
+    try:
+        (folder / DB_NAME).stat()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise unreadable(folder, e) from None
+    return folder / DB_NAME
+
+
+def folder_exists(folder: Path) -> bool:
+    """Whether the library folder exists; LibraryError when that path cannot be one."""
     try:
         if not stat.S_ISDIR(folder.stat().st_mode):
             raise LibraryError(f"the library path {folder} is a file, not a folder: give the folder that holds (or "
                                f"will hold) {DB_NAME}")
-        (folder / DB_NAME).stat()
     except FileNotFoundError:
-        return None
+        return False
     except NotADirectoryError:  # a file higher up the path
         raise LibraryError(f"the library path {folder} goes through a file, not a folder") from None
     except OSError as e:
         raise unreadable(folder, e) from None
-    return folder / DB_NAME
+    return True
 
 
 def check_file(db: Path) -> None:

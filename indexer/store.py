@@ -209,6 +209,8 @@ class LibraryStore:
         """The library in ``folder`` (or at $SEARCH_DATABASE_URL), checked and at this release's schema;
         ``create`` makes a new one when there is none, and means the caller will write."""
         url = database_url()
+        if url and create and not librarydb.folder_exists(folder):
+            folder.mkdir(parents=True)  # the FAISS file and the writer's lock live there
         store = cls._open_server(url, create) if url else cls._open_sqlite(folder, create)
         if store.schema < SCHEMA_VERSION:
             if store.read_only:
@@ -272,6 +274,8 @@ class LibraryStore:
     @classmethod
     def _open_server(cls, url: str, create: bool) -> LibraryStore:
         engine = create_engine(url)
+        if engine.dialect.name == "sqlite":  # a SQLite file elsewhere, named by URL
+            event.listen(engine, "connect", _sqlite_pragmas)
         inspector = inspect(engine)
         tables = set(inspector.get_table_names())
         revision = None
