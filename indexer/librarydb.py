@@ -89,7 +89,8 @@ def check_file(db: Path) -> None:
     except OSError as e:
         raise unreadable(db.parent, e) from None
     if not stat.S_ISREG(st.st_mode):
-        raise LibraryError(f"{db} is not a file: a library database is one")
+        raise LibraryError(f"{db} is not a regular file, so not a library database; choose another folder with "
+                           f"--library")
     if st.st_size == 0:
         raise LibraryError(f"{db} is empty (0 bytes), not a library: move it away to start a new library there, or "
                            f"restore it from a backup")
