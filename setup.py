@@ -24,6 +24,7 @@ setup(install_requires=[
     "open_clip_torch>=3.3,<4",
     FAISS_BUILDS[choice],
     "sqlalchemy>=2.0",
+    "alembic>=1.13",  # the library's schema migrations (indexer/migrations), shipped in the package
     "pillow>=10",
     "xxhash>=3.2",  # content hashes: 0.5 ms for a 4 MB photo against 7 ms for blake2b (indexer/hashes.py)
     "simplejpeg>=1.7",  # JPEG decoding at reduced scale without Pillow's buffering (encoders/decode.py)

@@ -1,20 +1,33 @@
-"""Files → vectors: scan roots, decode safely, embed in batches, store rows and vectors, keep FAISS in step."""
+"""Files → vectors: scan roots, decode safely, embed in batches, store rows and vectors, keep FAISS in step.
 
-# The decoder is shared with the trainer and lives in encoders; its names (and the module, as
-# ``indexer.decode``) stay reachable from here.
-from encoders import decode
-from encoders.decode import MAX_PIXELS, DecodedPicture, DecodeError, decode_picture
+Names load on first use: `search query` reads a library through the light modules here (errors,
+schema, librarydb, indexproof) without paying for torch, which the pipeline imports.
+"""
 
-from .library import Library, LibraryBusy, LibraryError, ModelMismatch, check_same_model
-from .pipeline import IndexOptions, IndexSummary, MissingRoot, Progress, index_folders
-from .scan import DEFAULT_EXCLUDES, ScannedFile, ScanOptions, scan
-from .store import FAILED, OK, LibraryStore, Picture
-from .tags import PictureTag, TagRun, ensure_tag_tables  # registers the tag tables before any create_all
-from .vectors import VectorIndex
+from importlib import import_module
 
-__all__ = [
-    "decode", "MAX_PIXELS", "DecodeError", "DecodedPicture", "decode_picture", "Library", "LibraryBusy", "LibraryError",
-    "ModelMismatch", "check_same_model", "IndexOptions", "IndexSummary", "MissingRoot", "Progress",
-    "index_folders", "DEFAULT_EXCLUDES", "ScannedFile", "ScanOptions", "scan", "FAILED", "OK", "LibraryStore",
-    "Picture", "VectorIndex", "PictureTag", "TagRun", "ensure_tag_tables",
-]
+_MODULES = {
+    # The decoder is shared with the trainer and lives in encoders; its names (and the module, as
+    # ``indexer.decode``) stay reachable from here.
+    "encoders.decode": ("MAX_PIXELS", "DecodeError", "DecodedPicture", "decode_picture"),
+    ".errors": ("LibraryError",),
+    ".library": ("Library", "LibraryBusy", "ModelMismatch", "check_same_model"),
+    ".pipeline": ("IndexOptions", "IndexSummary", "MissingRoot", "Progress", "index_folders"),
+    ".scan": ("DEFAULT_EXCLUDES", "ScannedFile", "ScanOptions", "scan"),
+    ".store": ("FAILED", "OK", "LibraryStore", "Picture"),
+    ".tags": ("PictureTag", "TagRun", "ensure_tag_tables"),
+    ".vectors": ("VectorIndex",),
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = ["decode", *_HOME]
+
+
+def __getattr__(name: str):
+    if name == "decode":
+        value = import_module("encoders.decode")
+    elif name in _HOME:
+        value = getattr(import_module(_HOME[name], __name__), name)
+    else:
+        raise AttributeError(f"module 'indexer' has no attribute {name!r}")
+    globals()[name] = value
+    return value

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from encoders import ModelFingerprint, ModelSpec
 
-from .store import DB_NAME, LibraryModel, LibraryStore, library_url
+from .errors import LibraryError
+from .librarydb import read_only_error
+from .store import LibraryModel, LibraryStore
 from .vectors import VectorIndex
 
 LOCK_NAME = "library.lock"
@@ -31,10 +33,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class LibraryError(Exception):
-    """A library that cannot be used as asked; the message says what to do."""
-
-
 class LibraryBusy(LibraryError):
     pass
 
@@ -50,20 +48,23 @@ class Library:
 
     @classmethod
     def open(cls, folder: str | Path, create: bool = False) -> Library:
+        """The library in ``folder``: checked (a damaged, foreign, newer or unreadable one is refused with one
+        line), upgraded to this release's schema where it may be written, opened read-only where it may not.
+        ``create``: make it when there is none; the caller means to write."""
         folder = Path(folder).expanduser().absolute()
-        url = library_url(folder)
-        if url.startswith("sqlite") and not (folder / DB_NAME).is_file():
-            if not create:
-                raise LibraryError(f"no library at {folder}: create one with `search index PATH --library {folder}`")
         try:
-            if url.startswith("sqlite") and create:
-                folder.mkdir(parents=True, exist_ok=True)
-            return cls(folder, LibraryStore.open(url, create=create))
+            return cls(folder, LibraryStore.open(folder, create=create))
+        except LibraryError:
+            raise
         except Exception as e:
             problem = storage_error(e, folder)
             if problem is None:
                 raise
             raise problem from e
+
+    @property
+    def read_only(self) -> bool:
+        return self.store.read_only
 
     def exists(self) -> bool:
         return self.model is not None
@@ -126,7 +127,18 @@ class Library:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def vector_index(self, writer: bool = False) -> VectorIndex:
-        return VectorIndex.open(self.folder, self.store, save_if_rebuilt=writer)
+        """The FAISS index. A reader that had to rebuild it saves it when it may write the library and no writer
+        holds it, so that the next query loads it instead (after an upgrade, or a file that was not this
+        library's); otherwise the next writer does."""
+        index = VectorIndex.open(self.folder, self.store, save_if_rebuilt=writer)
+        if not writer and index.rebuilt and not self.read_only:
+            try:
+                with self.writer_lock(wait=0):
+                    if self.store.model().generation == index.generation:
+                        index.save(self.folder, self.store)
+            except (LibraryError, OSError):  # busy, or the disk said no: the next writer saves it
+                pass
+        return index
 
 
 def check_same_model(record: LibraryModel, fingerprint: ModelFingerprint, folder: Path) -> None:
@@ -157,8 +169,7 @@ def storage_error(error: BaseException, folder: Path) -> LibraryError | None:
                             f"everything stored before is intact; free some space and run the same command again")
     if code in _READ_ONLY or "readonly database" in low or "read-only file system" in low \
             or "unable to open database file" in low or "permission denied" in low:
-        return LibraryError(f"the library folder {folder} is read-only or not writable by this user: nothing was "
-                            f"changed; make it writable or choose another folder with --library")
+        return read_only_error(folder)
     if "disk i/o error" in low:
         return LibraryError(f"the disk holding the library at {folder} failed to write (disk I/O error; often a full "
                             f"disk): everything stored before is intact; fix the disk and run the same command again")

@@ -21,7 +21,7 @@ from .library import Library, LibraryError, storage_error
 from .prepare import Prepared, SplitPreprocess, prepare_file
 from .scan import ScannedFile, ScanOptions, UnreadableFolder, scan
 from .store import FAILED, OK, Picture, PictureState, utcnow, vector_bytes
-from .workers import DEFAULT_TIMEOUT, DecodePool
+from .workers import DEFAULT_TIMEOUT, TIMED_OUT, DecodePool
 
 
 class MissingRoot(LibraryError):
@@ -80,6 +80,7 @@ class IndexSummary:
     failed: int = 0
     unchanged: int = 0
     duplicates: int = 0  # exact copies of a picture already embedded: vector copied, not encoded
+    retried: int = 0  # unchanged files tried again because their last failure may have been transient
     embedded: int = 0  # pictures that went through the image encoder
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU time of this process and its decode workers during the run
@@ -173,9 +174,11 @@ class IndexRun:
         for path, file in scanned.items():
             state = known.get(path)
             if state and state.size == file.size and state.mtime_ns == file.mtime_ns:
-                self.summary.unchanged += 1
-            else:
-                todo.append((file, state))
+                if not state.retry_due():
+                    self.summary.unchanged += 1
+                    continue
+                self.summary.retried += 1
+            todo.append((file, state))
         self.progress.start(len(todo))
         states = {file.path: state for file, state in todo}
         batch = _Batch()
@@ -231,7 +234,10 @@ class IndexRun:
 
         if workers == 0 or not _can_fork():
             return _ordered_map(work, files, max(1, workers or available_cores()), window)
-        pool = DecodePool(work, lambda file, reason: Prepared(file, error=reason), workers, window,
+        def failed(file, reason: str) -> Prepared:  # a decoder that timed out may finish another time
+            return Prepared(file, error=reason, transient=reason.startswith(TIMED_OUT))
+
+        pool = DecodePool(work, failed, workers, window,
                           timeout=self.options.decode_timeout, nice=decode_niceness(self.encoder.device))
         return pool.imap(files)
 
@@ -244,7 +250,8 @@ class IndexRun:
         base = {"path": file.path, "size": file.size, "mtime_ns": file.mtime_ns, "content_hash": item.hash,
                 "indexed_at": utcnow()}
         if item.error:
-            entry = {**base, "status": FAILED, "error": item.error, "vector": None, "width": None, "height": None}
+            entry = {**base, "status": FAILED, "error": item.error, "vector": None, "width": None, "height": None,
+                     "attempts": _attempts(state, file), "transient": item.transient}
             self._write(batch, state, entry)
             self.summary.failed += 1
             return
@@ -258,7 +265,7 @@ class IndexRun:
             batch.updates.append((moved.id, {"path": file.path, "size": file.size, "mtime_ns": file.mtime_ns}))
             self.summary.moved += 1
             return
-        entry = {**base, "status": OK, "error": None}
+        entry = {**base, "status": OK, "error": None, "attempts": 0, "transient": False}
         if item.hash in self.in_flight:  # same bytes queued earlier in this run
             batch.copies.append((entry, item.hash))
             self.summary.duplicates += 1
@@ -306,7 +313,8 @@ class IndexRun:
         for entry, digest in batch.copies:
             copy = made.get(digest) or self.store.embedded_copy(digest)
             if copy is None:  # the original failed after all; identical bytes fail alike
-                entry.update(status=FAILED, error="could not be embedded (an identical file failed)", vector=None)
+                entry.update(status=FAILED, error="could not be embedded (an identical file failed)", vector=None,
+                             attempts=1)
             else:
                 entry.update(copy)
         stale, fresh = [], []
@@ -356,6 +364,12 @@ def index_folders(library: Library, encoder: ClipEncoder, roots: Iterable[str | 
             if problem is None:
                 raise
             raise problem from e
+
+
+def _attempts(state: PictureState | None, file: ScannedFile) -> int:
+    """Runs in a row that failed on this file's bytes, this one included."""
+    same = state is not None and state.status == FAILED and (state.size, state.mtime_ns) == (file.size, file.mtime_ns)
+    return state.attempts + 1 if same else 1
 
 
 def unreadable_ancestor(path: str, unreadable: Collection[str]) -> str | None:

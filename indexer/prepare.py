@@ -30,6 +30,7 @@ class Prepared:
     height: int | None = None
     taken_at: datetime | None = None
     error: str | None = None
+    transient: bool = False  # the error may not happen again (an I/O error, a timeout): retried by later runs
     vanished: bool = False
 
 
@@ -44,8 +45,8 @@ def prepare_file(file: ScannedFile, min_side: int, split: SplitPreprocess, skip:
         return Prepared(file, vanished=True)
     except DecodeError as e:
         return Prepared(file, error=str(e))
-    except OSError as e:
-        return Prepared(file, error=f"unreadable: {e.strerror or e}")
+    except OSError as e:  # EIO, a network mount that stalled, a permission since changed: the bytes are not to blame
+        return Prepared(file, error=f"unreadable: {e.strerror or e}", transient=True)
     prepared = Prepared(file, hash=content_hash(data, hash_kind))
     if prepared.hash in skip:  # the same bytes are embedded already: the vector is copied, no decode
         return prepared

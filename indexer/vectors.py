@@ -1,4 +1,5 @@
-"""The FAISS index: derived from the database, keyed by row id, saved atomically, rebuilt when stale."""
+"""The FAISS index: derived from the database, keyed by row id, saved atomically, rebuilt when stale or not
+this library's (indexproof.py)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import contextlib
 import glob
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from .indexproof import INDEX_PATTERN, belongs, proof_of
 from .store import LibraryStore
-
-INDEX_PATTERN = "vectors.{generation}.faiss"
 
 
 def _gpu_count() -> int:
@@ -40,9 +41,10 @@ def _one_thread_for_one_query(n_queries: int):
 class VectorIndex:
     """Exact inner-product search over unit vectors (= cosine), ids = database row ids."""
 
-    def __init__(self, index: faiss.Index, generation: int):
+    def __init__(self, index: faiss.Index, generation: int, rebuilt: bool = False):
         self.index = index
         self.generation = generation
+        self.rebuilt = rebuilt  # made from the rows, not loaded from a saved file
         self._gpu_index = None
 
     @classmethod
@@ -52,6 +54,7 @@ class VectorIndex:
     @classmethod
     def rebuild(cls, store: LibraryStore, dim: int, generation: int) -> VectorIndex:
         index = cls.empty(dim, generation)
+        index.rebuilt = True
         for ids, vectors in store.iter_vectors(dim):
             index.index.add_with_ids(vectors, ids)
         return index
@@ -79,8 +82,13 @@ class VectorIndex:
                     loaded = faiss.read_index(str(path))
                 except RuntimeError:  # replaced and deleted by a writer between the check and the read
                     loaded = None
-                if loaded is not None and loaded.ntotal == expected and loaded.d == record.embed_dim:
-                    return cls(loaded, generation)
+                proof = record.index_proof()  # none in a library upgraded since: rebuilt, then saved with one
+                if loaded is not None:
+                    if belongs(loaded, proof, generation, expected, record.embed_dim, store.stored_vectors):
+                        return cls(loaded, generation)
+                    if proof is not None and store.model().generation == generation:  # not a writer's newer file
+                        warnings.warn(f"{path} is not the FAISS index of this library's database (another "
+                                      f"library's, or an old copy): not used; rebuilt from the database", stacklevel=2)
             index = cls.rebuild(store, record.embed_dim, generation)
             if store.model().generation == generation and index.ntotal == store.counts()["pictures"]:
                 break  # no write happened during the rebuild: the index is exactly this generation
@@ -103,7 +111,8 @@ class VectorIndex:
             self._gpu_index = None
 
     def save(self, folder: Path, store: LibraryStore) -> None:
-        """Write to a temp file, rename it to this generation's name, then record it in the database."""
+        """Write to a temp file, rename it to this generation's name, then record it (with its proof) in the
+        database."""
         generation = store.model().generation
         self.generation = generation
         target = folder / INDEX_PATTERN.format(generation=generation)
@@ -117,7 +126,7 @@ class VectorIndex:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        store.mark_index_saved(generation)
+        store.mark_index_saved(proof_of(self.index, generation))
         for old in glob.glob(str(folder / INDEX_PATTERN.format(generation="*"))):
             if Path(old) != target:
                 Path(old).unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 DEFAULT_TIMEOUT = 60.0  # seconds for one file: a 200-megapixel PNG decodes in well under that
+TIMED_OUT = "timed out"  # how the reason of a file whose decode took too long begins
 _PR_SET_PDEATHSIG = 1
 
 
@@ -217,7 +218,7 @@ class DecodePool:
                         if now - worker.head_started > self.timeout:
                             seq = worker.queue[0]
                             retry.extend(self._retire(worker))
-                            finish(seq, self.on_error(inputs[seq], f"timed out: decoding took longer than "
+                            finish(seq, self.on_error(inputs[seq], f"{TIMED_OUT}: decoding took longer than "
                                                                    f"{self.timeout:g}s"))
                             self._spawn()
 

@@ -39,7 +39,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 # Failures with a message meant for the user. Looked up among the modules already loaded, so
 # that handling them never imports torch (`import encoders` takes seconds): an exception of a
 # module that was never imported cannot have been raised.
-KNOWN_ERRORS = (("encoders.spec", "ModelError"), ("indexer.library", "LibraryError"), ("search.terms", "TermError"),
+KNOWN_ERRORS = (("encoders.spec", "ModelError"), ("indexer.errors", "LibraryError"), ("search.terms", "TermError"),
                 ("search.filters", "FilterError"), ("search.fastpath", "FastQueryError"))
 
 
@@ -287,10 +287,10 @@ def status(
 
     engine = SearchEngine(resolve_library_dir(library))
     info = engine.status()
-    failures = engine.library.store.failures() if failed else []
+    failures = engine.library.store.failed_files() if failed else []
     if json_output:
         if failed:
-            info["failures"] = [{"path": path, "error": error} for path, error in failures]
+            info["failures"] = failures
         typer.echo(json.dumps(info, ensure_ascii=False))
         return
     model = info["model"]
@@ -301,8 +301,18 @@ def status(
     if info["unreadable_folders"]:
         report = unreadable_report(info["unreadable_folders"], info["pictures_kept"])
         typer.echo("\n".join([f"unreadable: {report[0]}", *report[1:]]))
-    for path, error in failures:
-        typer.echo(f"{path}\t{error}")
+    for failure in failures:
+        typer.echo(f"{failure['path']}\t{failure['error']}{retry_note(failure)}")
+
+
+def retry_note(failure: dict) -> str:
+    """How a failure that may be transient is retried: nothing for one that waits for the file to change."""
+    retries = f"retried {failure['retries']} time{'' if failure['retries'] == 1 else 's'}"
+    if failure["retry"]:
+        return f"\t(may be transient: tried again on the next run; {retries} so far)"
+    if failure["retries"]:
+        return f"\t({retries}; now tried again only when the file changes)"
+    return ""
 
 
 @app.command()

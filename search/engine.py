@@ -223,7 +223,8 @@ class SearchEngine:
         )
 
         folder, fingerprint = self.library.folder, self.record.fingerprint
-        if not onnx_available(export=True) or self.library.store.engine.dialect.name != "sqlite":
+        if self.library.read_only or not onnx_available(export=True) or \
+                self.library.store.engine.dialect.name != "sqlite":
             return None
         state = export_state(folder, fingerprint)
         if state != "missing":
@@ -233,7 +234,7 @@ class SearchEngine:
         except ExportRefused as e:
             record_refusal(folder, fingerprint, str(e))
             self.fast_query_refusal = str(e)
-        except (OSError, ImportError):  # a read-only library, or no `onnx` to export with: stay on PyTorch
+        except (OSError, ImportError):  # a full disk, or no `onnx` to export with: stay on PyTorch
             pass
         return None
 
@@ -243,6 +244,8 @@ class SearchEngine:
         unreadable = self.library.store.unreadable_folders()
         return {
             "library": str(self.library.folder),
+            "schema": self.library.store.schema,
+            "read_only": self.library.read_only,
             **counts,
             "model": {"architecture": record.architecture, "weights": record.weights,
                       "fingerprint": record.fingerprint, "embed_dim": record.embed_dim},

@@ -6,10 +6,12 @@ ONNX tower is verified against PyTorch when exported) and prepares this path for
 Imports only numpy, faiss, onnxruntime, regex and sqlite3: a whole query takes ~1 s instead
 of ~6+ s.
 
-Falls back (returns None) when: the database is not the library's SQLite file, the tower
-has not been exported for the library's model, a picture term is not an unchanged library
-file (it would need the image tower), or the FAISS file is not current (a reader does not
-rebuild it from rows: the engine does, in memory).
+Falls back (returns None) when: the database is not the library's SQLite file, the library
+was made by an older release (the engine upgrades it), the tower has not been exported for
+the library's model, a picture term is not an unchanged library file (it would need the image
+tower), or the FAISS file is not current or not proven to be this library's (a reader does
+not rebuild it from rows: the engine does). A library that cannot be used at all (damaged,
+foreign, newer, unreadable) is refused here, with the engine's message, without loading torch.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer import librarydb
+from indexer.indexproof import INDEX_PATTERN, IndexProof, belongs
+from indexer.schema import SCHEMA_VERSION
+
 from .filters import Filters, unknown_tags_message
 from .terms import SearchResult, Term, combine, ensemble_mean, finish, own_picture_first
 
-DB_NAME = "library.db"
-INDEX_PATTERN = "vectors.{generation}.faiss"
 DISABLE_ENV = "SEARCH_NO_FAST_PATH"
 MISSING_TAG_TABLE = "no such table: picture_tags"
 
@@ -45,17 +49,22 @@ class _Row:
 
 
 def _connect(folder: Path) -> sqlite3.Connection | None:
-    if os.environ.get("SEARCH_DATABASE_URL"):
+    """A read-only connection to the library's file at this release's schema; raises LibraryError for one that
+    cannot be used."""
+    if os.environ.get(librarydb.DATABASE_URL_ENV):
         return None
-    db = folder / DB_NAME
-    if not db.is_file():
-        return None
+    db = librarydb.locate(folder)
+    if db is None:
+        raise librarydb.no_library(folder)
     try:
-        connection = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
-        connection.execute("PRAGMA busy_timeout=30000")
-        return connection
+        connection, schema = librarydb.open_for_reading(db)
     except sqlite3.Error:
         return None
+    if schema < SCHEMA_VERSION:
+        connection.close()
+        return None
+    connection.isolation_level = None  # the BEGIN below is ours
+    return connection
 
 
 def query(folder: str | os.PathLike, terms: Sequence[Term], top_k: int = 10, filters: Filters | None = None,
@@ -78,11 +87,12 @@ def query(folder: str | os.PathLike, terms: Sequence[Term], top_k: int = 10, fil
         return None
     try:
         connection.execute("BEGIN")  # one consistent snapshot for every read below (WAL)
-        record = connection.execute(
-            "SELECT fingerprint, embed_dim, generation, index_generation FROM library LIMIT 1").fetchone()
+        record = connection.execute("SELECT fingerprint, embed_dim, generation, index_generation, index_count, "
+                                    "index_dim, index_ids_digest FROM library LIMIT 1").fetchone()
         if record is None:
             return None
-        fingerprint, dim, generation, index_generation = record
+        fingerprint, dim, generation = record[:3]
+        proof = IndexProof(*record[3:]) if None not in record[3:] else None
         vectors = []
         for term in terms:
             if isinstance(term.value, np.ndarray):
@@ -110,7 +120,7 @@ def query(folder: str | os.PathLike, terms: Sequence[Term], top_k: int = 10, fil
                 text_vectors = list(encoder.encode_texts(texts))
             vectors = [v if v is not None else text_vectors.pop(0) for v in vectors]
         vector = combine(vectors, [t.weight for t in terms])
-        index = _current_index(connection, folder, generation, index_generation, dim)
+        index = _current_index(connection, folder, generation, proof, dim)
         if index is None:
             return None
         within = None
@@ -173,20 +183,26 @@ def _stored_vector(connection: sqlite3.Connection, value) -> np.ndarray | None:
     return np.frombuffer(row[0], dtype=np.float32)
 
 
-def _current_index(connection, folder: Path, generation: int, index_generation: int | None, dim: int):
+def _current_index(connection, folder: Path, generation: int, proof: IndexProof | None, dim: int):
+    """The saved FAISS file, when it is proven to hold this generation of this library's rows."""
     import faiss
 
     path = folder / INDEX_PATTERN.format(generation=generation)
-    if index_generation != generation or not path.is_file():
+    if proof is None or proof.generation != generation or not path.is_file():
         return None
     try:
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError:
         return None  # replaced by a writer meanwhile
     count = connection.execute("SELECT count(*) FROM pictures WHERE status = 'ok'").fetchone()[0]
-    if index.ntotal != count or index.d != dim:
-        return None
-    return index
+    return index if belongs(index, proof, generation, count, dim, lambda ids: _stored_vectors(connection, ids)) \
+        else None
+
+
+def _stored_vectors(connection: sqlite3.Connection, ids: Sequence[int]) -> dict[int, bytes]:
+    marks = ",".join("?" * len(ids))
+    return dict(connection.execute(f"SELECT id, vector FROM pictures WHERE id IN ({marks}) AND status = 'ok'",
+                                   list(ids)).fetchall())
 
 
 def busy() -> bool:

@@ -1,0 +1,8 @@
+"""The one error a library reports to its user: a library that cannot be used as asked, with what to do.
+
+It lives apart from the library itself so that `search query` can raise and report it without torch.
+"""
+
+
+class LibraryError(Exception):
+    """A library that cannot be used as asked; the message says what to do."""
