@@ -12,6 +12,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from encoders import PAPER_TEMPLATES, ClipEncoder, ModelSpec, load_encoder
+from encoders.decode import read_file
 from indexer import DecodeError, Library, LibraryError, Picture, VectorIndex, check_same_model, decode_picture
 
 from .filters import FilterError, Filters, unknown_tags_message
@@ -77,10 +78,12 @@ class SearchEngine:
         stored = self._stored_vector(path)
         if stored is not None:
             return stored
-        try:
-            data = Path(path).read_bytes()
+        try:  # the decoder's read: a regular file (never a FIFO that blocks), within its byte cap
+            data = read_file(path)
         except OSError as e:
             raise QueryError(f"cannot read picture {image}: {e.strerror or e}") from e
+        except DecodeError as e:
+            raise QueryError(f"cannot use {image} as a query: {e}") from e
         try:
             picture = decode_picture(data, min(self.encoder.image_size))
         except DecodeError as e:
