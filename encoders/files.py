@@ -47,7 +47,7 @@ def read_text_entries(path: str | os.PathLike, what: str, max_bytes: int = MAX_T
     """(line number, text) of each entry of a small UTF-8 text file: one per line, stripped, blank lines
     and ``#`` comments left out. ``what`` names the file in messages ("templates file")."""
     try:
-        data = read_regular_file(path, max_bytes, too_large=f"too large for a {what}")
+        data = read_regular_file(path, max_bytes, too_large="too large")
     except InputFileError as e:
         raise InputFileError(f"cannot use {path} as a {what}: {e}") from None
     except OSError as e:
