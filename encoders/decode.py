@@ -21,7 +21,8 @@ from datetime import datetime
 
 from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
-from .files import InputFileError, read_regular_file
+from userfiles import InputFileError, read_regular_file
+
 from .images import on_white, orientation, upright
 
 try:

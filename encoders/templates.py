@@ -1,54 +1,17 @@
-"""Prompt templates for zero-shot labels and ensembled text queries (Radford et al., 2021, §3.1.4).
-
-Reading a templates file imports nothing heavy (the CLI's fast path uses it without torch); the
-paper's own templates come from open_clip, imported when they are first asked for.
-"""
+"""Prompt templates for zero-shot labels and ensembled text queries (Radford et al., 2021, §3.1.4)."""
 
 from __future__ import annotations
 
-import os
-import string
+from open_clip import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-from .files import InputFileError, read_text_entries
+from userfiles import load_templates  # a user's own templates file, read within bounds
 
-MAX_TEMPLATES = 1_000  # the paper ensembles 80; every template is one more text to encode per query
+__all__ = ["PAPER_TEMPLATES", "SHORT_TEMPLATES", "fill", "load_templates"]
 
-
-def __getattr__(name: str):
-    # open_clip keeps the paper's templates as callables; we keep them as "{}" strings so a
-    # user can write their own in a file, one per line.
-    if name in ("PAPER_TEMPLATES", "SHORT_TEMPLATES"):
-        from open_clip import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
-
-        source = OPENAI_IMAGENET_TEMPLATES if name == "PAPER_TEMPLATES" else SIMPLE_IMAGENET_TEMPLATES
-        globals()[name] = tuple(t("{}") for t in source)
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def load_templates(path: str | os.PathLike) -> tuple[str, ...]:
-    """Templates from a text file: one per line, each with one ``{}`` for the label; ``#`` starts a comment.
-
-    Read within bounds (a regular UTF-8 file of at most 1 MiB and 1,000 lines); every failure is an
-    InputFileError with a one-line message.
-    """
-    entries = read_text_entries(path, "templates file", max_lines=MAX_TEMPLATES)
-    if not entries:
-        raise InputFileError(f"templates file {path} holds no templates: write one per line, e.g. a photo of {{}}.")
-    for number, template in entries:
-        if not _one_placeholder(template):
-            raise InputFileError(f"templates file {path}, line {number}: a template needs exactly one {{}} for the "
-                                 f"label (write {{{{ and }}}} for literal braces): {template[:80]!r}")
-    return tuple(template for _, template in entries)
-
-
-def _one_placeholder(template: str) -> bool:
-    """Whether ``template.format(label)`` works and puts the label in exactly once."""
-    try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
-    except ValueError:  # a lone { or }
-        return False
-    return fields == [""]
+# open_clip keeps the paper's templates as callables; we keep them as "{}" strings so a
+# user can write their own in a file, one per line.
+PAPER_TEMPLATES: tuple[str, ...] = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+SHORT_TEMPLATES: tuple[str, ...] = tuple(t("{}") for t in SIMPLE_IMAGENET_TEMPLATES)
 
 
 def fill(templates: tuple[str, ...] | list[str], label: str) -> list[str]:

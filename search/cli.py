@@ -46,7 +46,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 # module that was never imported cannot have been raised.
 KNOWN_ERRORS = (("encoders.spec", "ModelError"), ("indexer.library", "LibraryError"), ("search.terms", "TermError"),
                 ("search.filters", "FilterError"), ("search.fastpath", "FastQueryError"),
-                ("encoders.files", "InputFileError"))
+                ("userfiles.read", "InputFileError"))
 
 
 def _known_errors() -> tuple[type, ...]:
@@ -240,8 +240,7 @@ def query(
                                          "byte: the exact bytes of every name, for scripts (xargs -0).")] = False,
 ):
     """Rank the library's pictures by similarity to a text, a picture, or a weighted mix of them."""
-    from encoders.files import InputFileError
-    from encoders.templates import load_templates
+    from userfiles import InputFileError, load_templates
 
     from . import fastpath
     from .filters import FilterError, Filters

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -25,12 +26,11 @@ from input_helpers import GIB, assert_refused, python_limited, run_limited, snap
 from PIL import Image
 
 from encoders import decode
-from encoders.files import InputFileError
 from encoders.images import on_white
-from encoders.templates import load_templates
 from indexer import Library, index_folders
 from search import QueryError, SearchEngine, Term
 from search.terms import TermError, combine
+from userfiles import InputFileError, load_templates
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -128,6 +128,9 @@ def test_a_good_templates_file_still_works_without_torch(library, lib):
 
 def test_trainer_templates_file_is_bounded_too(library):
     """The trainer (`search train/eval --templates`) reads templates through the same function."""
+    import encoders
+
+    assert encoders.load_templates is load_templates
     base, _ = library
     for path, message in text_files(base / "hostile"):
         with pytest.raises(InputFileError, match=message):  # a ValueError: `search eval` reports it in one line
@@ -162,17 +165,21 @@ def test_engine_reads_pictures_through_the_bounded_read(library, lib, tiny_encod
 
 
 def test_decoding_stays_within_its_memory_bound_under_a_limit(library):
-    """Under 1 GiB of address space (no torch): the 196 MP palette PNG decodes (it took ~1.8 GB), the 196 MP
-    RGBA one is refused with its reason (it took 4 GB)."""
+    """With 1 GiB of address space beyond what importing the decoder takes: the 196 MP palette PNG decodes
+    (it took ~1.8 GB), the 196 MP RGBA one is refused with its reason (it took 4 GB)."""
     base, _ = library
     palette = solid_png(base / "hostile" / "palette.png", 14_000, 14_000, "P")
     code = ("import sys\nfrom encoders.decode import DecodeError, decode_picture, read_file\n"
+            "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmPeak')][0])\n"
             "for path in sys.argv[1:]:\n    try:\n        p = decode_picture(read_file(path), 224)\n"
             "        print('decoded', p.width, p.height, *p.image.size)\n"
             "    except DecodeError as e:\n        print('refused', e)\n")
-    result = python_limited(code, palette, base / "hostile" / "bomb.png", limit=GIB)
+    imported = python_limited(code, limit=resource.RLIM_INFINITY)  # the decoder's imports (torch) alone
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    limit = int(imported.stdout.split()[0]) * 1024 + GIB
+    result = python_limited(code, palette, base / "hostile" / "bomb.png", limit=limit)
     assert result.returncode == 0, result.stderr[-2000:]
-    decoded, refused = result.stdout.splitlines()
+    _, decoded, refused = result.stdout.splitlines()
     assert decoded == "decoded 14000 14000 452 452"
     assert refused.startswith("refused too large to decode: a 14000×14000 RGBA PNG")
     assert refused.endswith("(the limit is 512 MB)")

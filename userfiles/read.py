@@ -1,8 +1,7 @@
-"""Files a user names, read within bounds: a regular file only (never a FIFO or device, which could block
-or never end), and never more bytes than a cap, checked before reading.
+"""Reading a file a user names: a regular file only (never a FIFO or device, which could block or never
+end), and never more bytes than a cap, checked before reading.
 
-Pictures (``decode.read_file``) and small text files (prompt templates, zero-shot labels) are read
-here. Imports nothing heavy: the CLI's fast path reads a templates file without loading torch.
+Pictures (``encoders.decode.read_file``) and small text files (prompt templates, zero-shot labels).
 """
 
 from __future__ import annotations
