@@ -54,7 +54,7 @@ class DecodeError(Exception):
 
 @dataclass
 class DecodedPicture:
-    image: Image.Image  # RGB, upright, possibly reduced (JPEG draft) but never below `min_side`
+    image: Image.Image  # RGB, upright, possibly reduced (scaled decode, then shrunk) but never below `min_side`
     width: int  # of the full picture, as displayed (after EXIF orientation)
     height: int
     taken_at: datetime | None
@@ -100,8 +100,11 @@ def decode_picture(data: bytes, min_side: int, max_pixels: int = MAX_PIXELS,
             if turn in (5, 6, 7, 8):
                 width, height = height, width
             taken_at = _date_taken(image)
-            factor = _check_memory(image, image.size, _scale_down(data, image, min_side), min_side, max_bytes)
-            image = _rgb_shrunk(_load(data, image, min_side), factor)
+            stored = image.size
+            size, extra = _scale_down(data, image, min_side)
+            factor = _shrink_factor(size, min_side)
+            _check_memory(image, stored, size, extra, factor, max_bytes)
+            image = upright(_rgb_shrunk(_load(data, image, min_side), factor), turn)
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's backstop, at twice our limit
@@ -111,13 +114,14 @@ def decode_picture(data: bytes, min_side: int, max_pixels: int = MAX_PIXELS,
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, MemoryError, IndexError, KeyError) as e:
         # Pillow signals corrupt data through many exception types.
         raise DecodeError(_reason(e)) from e
-    return DecodedPicture(image=upright(image, turn), width=width, height=height, taken_at=taken_at)
+    return DecodedPicture(image=image, width=width, height=height, taken_at=taken_at)
 
 
 def _scale_down(data: bytes, image: Image.Image, min_side: int) -> tuple[tuple[int, int], int]:
     """Set the picture to decode at the smallest scale that still covers ``min_side``, where its format
     allows (JPEG: DCT scaling; JPEG 2000: resolution levels). Returns the size it will decode to and the
-    bytes its decode needs beyond the pixels (a progressive JPEG's coefficients, kept at full size)."""
+    bytes its decode needs beyond the pixels (a progressive JPEG's coefficients, kept at full size;
+    OpenJPEG's code-blocks)."""
     if isinstance(image, JpegImagePlugin.JpegImageFile):  # MPO too: phone photos with a gain map or depth
         full = image.size
         image.draft("RGB", (min_side, min_side))
@@ -157,15 +161,19 @@ def _j2k_levels(data: bytes) -> int:
     return 0
 
 
-def _check_memory(image: Image.Image, stored: tuple[int, int], plan: tuple[tuple[int, int], int], min_side: int,
-                  max_bytes: int) -> int:
-    """Refuse a picture whose decode would take more than ``max_bytes``; else the factor it will be shrunk by.
+def _shrink_factor(size: tuple[int, int], min_side: int) -> int:
+    """How many times a decoded picture of this size is shrunk: to about twice ``min_side`` when it is at
+    least four times that (the model's resize then starts from a sharp picture)."""
+    shortest = min(size)
+    return shortest // (2 * min_side) if shortest >= 4 * min_side else 1
 
-    Counted before decoding, from ``_scale_down``'s plan: the decoded pixels in the format's own way,
-    a progressive JPEG's coefficients, the RGB picture it becomes and one strip of conversion.
-    """
-    (width, height), extra = plan
-    factor = max(1, min(width, height) // (2 * min_side)) if min(width, height) >= 4 * min_side else 1
+
+def _check_memory(image: Image.Image, stored: tuple[int, int], size: tuple[int, int], extra: int, factor: int,
+                  max_bytes: int) -> None:
+    """Refuse a picture whose decode would take more than ``max_bytes``, counted before decoding: its pixels
+    at the ``size`` it decodes to, in the format's own way, the ``extra`` its decoder keeps, the RGB picture
+    it becomes and one strip of conversion."""
+    width, height = size
     per_pixel = DECODE_BYTES_PER_PIXEL.get(image.format, _storage_bytes(image.mode))
     converted = image.mode != "RGB"
     output = 4 * -(-width // factor) * -(-height // factor) if factor > 1 or converted else 0
@@ -174,7 +182,6 @@ def _check_memory(image: Image.Image, stored: tuple[int, int], plan: tuple[tuple
         raise DecodeError(f"too large to decode: a {stored[0]}×{stored[1]} {image.mode} {image.format} "
                           f"picture needs about {need / 2**20:,.0f} MB of memory (the limit is "
                           f"{max_bytes / 2**20:,.0f} MB)")
-    return factor
 
 
 def _storage_bytes(mode: str) -> int:

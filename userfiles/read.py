@@ -20,16 +20,14 @@ class InputFileError(ValueError):
 def read_regular_file(path: str | os.PathLike, max_bytes: int, too_large: str = "file too large") -> bytes:
     """The bytes of a regular file of at most ``max_bytes``; InputFileError otherwise, OSError when unreadable.
 
-    Opened non-blocking, so a FIFO (or a device that replaced the file) is refused instead of waiting
-    for a writer; a file that grows past the cap while being read is refused too.
+    Anything else is refused before it is opened (opening a device can act: a watchdog, a tape, a
+    terminal); the open itself is non-blocking and checked again, so a FIFO or device that replaced the
+    file meanwhile is refused instead of waited on. A file that grows past the cap while read is refused.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    _check_regular(os.stat(path), max_bytes, too_large)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputFileError("not a regular file (device, FIFO or socket)")
-        if st.st_size > max_bytes:
-            raise InputFileError(f"{too_large} ({st.st_size:,} bytes; the limit is {max_bytes:,})")
+        _check_regular(os.fstat(fd), max_bytes, too_large)
         chunks, total = [], 0
         while chunk := os.read(fd, min(1 << 22, max_bytes + 1 - total)):
             chunks.append(chunk)
@@ -39,6 +37,15 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int, too_large: str = 
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _check_regular(st: os.stat_result, max_bytes: int, too_large: str) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise InputFileError("a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputFileError("not a regular file (device, FIFO or socket)")
+    if st.st_size > max_bytes:
+        raise InputFileError(f"{too_large} ({st.st_size:,} bytes; the limit is {max_bytes:,})")
 
 
 def read_text_entries(path: str | os.PathLike, what: str, max_bytes: int = MAX_TEXT_BYTES,
