@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -14,6 +13,7 @@ from typing import Annotated
 import typer
 
 from .library import LIBRARY_ENV, resolve_library_dir
+from .output import json_bytes, name_bytes, one_line, shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Search your own pictures with CLIP: index folders, then query by text or picture.")
@@ -28,8 +28,13 @@ CheckpointOption = Annotated[str | None, typer.Option(
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)  # a name with a newline or escape codes stays one line
     return typer.Exit(code)
+
+
+def echo_json(value) -> None:
+    """One JSON object on standard output: UTF-8 under any locale, names that are not UTF-8 kept exactly."""
+    typer.echo(json_bytes(value))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -40,7 +45,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 # that handling them never imports torch (`import encoders` takes seconds): an exception of a
 # module that was never imported cannot have been raised.
 KNOWN_ERRORS = (("encoders.spec", "ModelError"), ("indexer.errors", "LibraryError"), ("search.terms", "TermError"),
-                ("search.filters", "FilterError"), ("search.fastpath", "FastQueryError"))
+                ("search.filters", "FilterError"), ("search.fastpath", "FastQueryError"),
+                ("userfiles.read", "InputFileError"))
 
 
 def _known_errors() -> tuple[type, ...]:
@@ -149,7 +155,7 @@ def index(
                        err=True)
             raise typer.Exit(130) from None
     if json_output:
-        typer.echo(json.dumps({"library": str(folder), **summary.as_dict()}))
+        echo_json({"library": str(folder), **summary.as_dict()})
         return
     s = summary
     rate = s.embedded / s.seconds if s.seconds else 0.0
@@ -158,7 +164,7 @@ def index(
     if s.unreadable_folders:
         typer.echo("\n".join(unreadable_report(s.unreadable_folders, s.pictures_kept, limit=10)))
     if s.failed:
-        typer.echo(f"see the failures with: search status --failed --library {folder}")
+        typer.echo(f"see the failures with: search status --failed --library {shown(str(folder))}")
 
 
 def unreadable_report(folders: list[dict], kept: int, limit: int | None = None) -> list[str]:
@@ -166,7 +172,7 @@ def unreadable_report(folders: list[dict], kept: int, limit: int | None = None) 
     one, n = len(folders) == 1, len(folders)
     lines = [f"{n} folder{'' if one else 's'} could not be read; {'its' if one else 'their'} {kept} "
              f"picture{'' if kept == 1 else 's'} {'was' if kept == 1 else 'were'} kept"]
-    lines += [f"  {f['path']}: {f['error']} ({f['pictures_kept']} kept)" for f in folders[:limit]]
+    lines += [f"  {shown(f['path'])}: {f['error']} ({f['pictures_kept']} kept)" for f in folders[:limit]]
     if limit is not None and n > limit:
         lines.append(f"  ... and {n - limit} more (`search status` lists them all)")
     return lines
@@ -175,17 +181,19 @@ def unreadable_report(folders: list[dict], kept: int, limit: int | None = None) 
 SORTS = ("score", "date", "path")
 
 
-def _print_results(results, json_output: bool, paths_only: bool) -> None:
+def _print_results(results, json_output: bool, paths_only: bool, print0: bool) -> None:
     if json_output:
-        typer.echo(json.dumps({"results": [r.to_dict() for r in results]}, ensure_ascii=False))
+        echo_json({"results": [r.to_dict() for r in results]})
+    elif print0:
+        typer.echo(b"".join(name_bytes(r.path) + b"\0" for r in results), nl=False)
     elif paths_only:
         for r in results:
-            typer.echo(r.path)
+            typer.echo(shown(r.path))
     elif not results:
         typer.echo("no results")
     else:
         for rank, r in enumerate(results, 1):
-            typer.echo(f"{rank:>3}  {r.score:.4f}  {r.path}")
+            typer.echo(f"{rank:>3}  {r.score:.4f}  {shown(r.path)}")
 
 
 @app.command()
@@ -225,25 +233,35 @@ def query(
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    paths_only: Annotated[bool, typer.Option("--paths-only", help="Print only the paths, best first.")] = False,
+    paths_only: Annotated[bool, typer.Option("--paths-only", help="Print only the paths, best first, one a line "
+                                             "(names with control characters or bytes that are not UTF-8 in "
+                                             "bash's $'...' form).")] = False,
+    print0: Annotated[bool, typer.Option("--print0", help="Print only the paths, best first, each followed by a NUL "
+                                         "byte: the exact bytes of every name, for scripts (xargs -0).")] = False,
 ):
     """Rank the library's pictures by similarity to a text, a picture, or a weighted mix of them."""
+    from userfiles import InputFileError, load_templates
+
     from . import fastpath
     from .filters import FilterError, Filters
-    from .terms import TermError, parse_terms, read_templates
+    from .terms import TermError, check_score, parse_terms
 
     if image is not None and not image.is_file():
-        raise fail(f"picture not found: {image}")
+        raise fail(f"picture not found: {image}" if not image.exists() else
+                   f"--image {image} is not a picture file (a folder, device or FIFO)")
     if sort not in SORTS:
         raise fail(f"unknown --sort {sort!r}: use one of {', '.join(SORTS)}")
     if templates is not None and not ensemble:
         raise fail("--templates is for --ensemble: add --ensemble")
+    if sum((json_output, paths_only, print0)) > 1:
+        raise fail("choose one output: --json, --paths-only or --print0")
     try:
+        check_score(min_score, "--min-score")
         terms = parse_terms(text or (), add=add or (), subtract=subtract or (),
                             images=[image] if image is not None else (), weight=weight)
         filters = Filters.make(under, after, before, ext, tag)
-        template_list = read_templates(templates) if templates is not None else None
-    except (TermError, FilterError) as e:
+        template_list = load_templates(templates) if templates is not None else None
+    except (TermError, FilterError, InputFileError) as e:
         raise fail(str(e)) from None
     if not terms:
         raise fail("nothing to search for: give a TEXT, --image PATH, or both")
@@ -257,7 +275,7 @@ def query(
         except (TermError, fastpath.FastQueryError) as e:
             raise fail(str(e)) from None
         if results is not None:
-            _print_results(results, json_output, paths_only)
+            _print_results(results, json_output, paths_only, print0)
             return
     from search.engine import SearchEngine
 
@@ -265,7 +283,7 @@ def query(
     engine = SearchEngine(folder, spec=spec)
     results = engine.query(terms=terms, top_k=top, filters=filters, ensemble=ensemble, templates=template_list,
                            **options)
-    _print_results(results, json_output, paths_only)
+    _print_results(results, json_output, paths_only, print0)
     if not overridden and engine._encoder is not None and not os.environ.get(fastpath.DISABLE_ENV):
         sys.stdout.flush()
         if engine.prepare_fast_queries() is not None:
@@ -291,18 +309,18 @@ def status(
     if json_output:
         if failed:
             info["failures"] = failures
-        typer.echo(json.dumps(info, ensure_ascii=False))
+        echo_json(info)
         return
     model = info["model"]
-    typer.echo(f"library:   {info['library']}\npictures:  {info['pictures']}\nfailed:    {info['failed']}\n"
+    typer.echo(f"library:   {shown(info['library'])}\npictures:  {info['pictures']}\nfailed:    {info['failed']}\n"
                f"model:     {model['architecture']} ({model['weights']}), dim {model['embed_dim']}, "
-               f"fingerprint {model['fingerprint']}\nroots:     {', '.join(info['roots']) or '-'}\n"
+               f"fingerprint {model['fingerprint']}\nroots:     {', '.join(map(shown, info['roots'])) or '-'}\n"
                f"indexed:   {info['last_indexed'] or 'never'}")
     if info["unreadable_folders"]:
         report = unreadable_report(info["unreadable_folders"], info["pictures_kept"])
         typer.echo("\n".join([f"unreadable: {report[0]}", *report[1:]]))
     for failure in failures:
-        typer.echo(f"{failure['path']}\t{failure['error']}{retry_note(failure)}")
+        typer.echo(f"{shown(failure['path'])}\t{one_line(failure['error'] or '')}{retry_note(failure)}")
 
 
 def retry_note(failure: dict) -> str:
@@ -330,7 +348,7 @@ def duplicates(
     lib = indexer.Library.open(resolve_library_dir(library))
     groups = find_duplicates(lib, threshold)
     if json_output:
-        typer.echo(json.dumps({"threshold": threshold, "groups": [g.to_dict() for g in groups]}, ensure_ascii=False))
+        echo_json({"threshold": threshold, "groups": [g.to_dict() for g in groups]})
         return
     if not groups:
         typer.echo(f"no near-duplicates at threshold {threshold}")
@@ -339,7 +357,7 @@ def duplicates(
         kind = "exact copies" if all(m.exact for m in group.members) else "near-duplicates"
         typer.echo(f"group {number}: {len(group.members)} {kind}")
         for m in group.members:
-            typer.echo(f"  {m.score:.4f}  {'exact' if m.exact else '     '}  {m.path}")
+            typer.echo(f"  {m.score:.4f}  {'exact' if m.exact else '     '}  {shown(m.path)}")
 
 
 @app.command()
@@ -362,24 +380,20 @@ def tag(
     Running it again with the same labels classifies only pictures added or changed since.
     """
     import indexer
-    from encoders import PAPER_TEMPLATES, load_encoder
-    from search.terms import TermError, read_templates
+    from encoders import PAPER_TEMPLATES, load_encoder, load_templates
     from search.tools import parse_labels, tag_pictures
 
     label_list = parse_labels(labels, labels_file)
-    try:
-        template_list = read_templates(templates) if templates is not None else PAPER_TEMPLATES
-    except TermError as e:
-        raise fail(str(e)) from None
+    template_list = load_templates(templates) if templates is not None else PAPER_TEMPLATES
     lib = indexer.Library.open(resolve_library_dir(library))
     encoder = load_encoder(lib.model_spec())
     summary = tag_pictures(lib, encoder, label_list, template_list, min_confidence)
     if json_output:
-        typer.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
+        echo_json(summary.as_dict())
         return
     typer.echo(f"{summary.classified} pictures classified, {summary.skipped} already done")
     for label, count in summary.counts.items():
-        typer.echo(f"  {count:>6}  {label}")
+        typer.echo(f"  {count:>6}  {shown(label)}")
 
 
 @app.command()
@@ -397,10 +411,10 @@ def remove(
     lib = indexer.Library.open(resolve_library_dir(library))
     summary = remove_paths(lib, paths)
     if json_output:
-        typer.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
+        echo_json(summary.as_dict())
         return
     typer.echo(f"{summary.pictures} pictures forgotten" +
-               (f"; roots no longer indexed: {', '.join(summary.roots)}" if summary.roots else ""))
+               (f"; roots no longer indexed: {', '.join(map(shown, summary.roots))}" if summary.roots else ""))
 
 
 @app.command()
@@ -439,11 +453,11 @@ def reindex(
         typer.echo("interrupted: the old library is unchanged; run the same command again to resume", err=True)
         raise typer.Exit(130) from None
     if json_output:
-        typer.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
+        echo_json(summary.as_dict())
         return
     typer.echo(f"re-embedded with {summary.new_model}: {summary.pictures_after} pictures "
                f"(before: {summary.pictures_before} with {summary.old_model}); {summary.tags_kept} tags kept"
-               + (f"; old library kept at {summary.kept_old}" if summary.kept_old else ""))
+               + (f"; old library kept at {shown(str(summary.kept_old))}" if summary.kept_old else ""))
 
 
 @app.command()
@@ -457,20 +471,29 @@ def export(
 ):
     """Every picture with its metadata (and vector) as one JSON object, for other tools."""
     import indexer
-    from search.tools import iter_export, library_header
+    from search.tools import export_json
 
+    if output is not None and output.is_dir():
+        raise fail(f"--output {output} is a folder: name a file to write, e.g. {output / 'library.json'}")
     lib = indexer.Library.open(resolve_library_dir(library))
-    header = library_header(lib)
-    out = open(output, "w", encoding="utf-8") if output is not None else sys.stdout
+    chunks = export_json(lib, vectors=vectors)
+    if output is None:
+        sys.stdout.flush()
+        stream = sys.stdout.buffer
+        for chunk in chunks:
+            stream.write(chunk)
+        stream.flush()
+        return
+    opened = False
     try:
-        # Streamed: one picture per line inside the array, so a big library never sits in memory.
-        out.write(json.dumps(header, ensure_ascii=False)[:-1] + ', "pictures": [')
-        for n, item in enumerate(iter_export(lib, vectors=vectors)):
-            out.write(("," if n else "") + "\n" + json.dumps(item, ensure_ascii=False))
-        out.write("\n]}\n")
-    finally:
-        if output is not None:
-            out.close()
+        with open(output, "wb") as out:
+            opened = True
+            for chunk in chunks:
+                out.write(chunk)
+    except OSError as e:
+        if opened and output.is_file():  # no half-written export left behind (a full disk, say)
+            output.unlink(missing_ok=True)
+        raise fail(f"cannot write {output}: {e.strerror or e}") from None
 
 
 @app.command("app")
@@ -516,6 +539,9 @@ _register_optional_commands()
 
 
 def main() -> None:
+    for stream in (sys.stdout, sys.stderr):  # a character the locale cannot show is escaped, never a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     app(prog_name="search")
 
 

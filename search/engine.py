@@ -12,11 +12,23 @@ from PIL import Image
 from sqlalchemy import select
 
 from encoders import PAPER_TEMPLATES, ClipEncoder, ModelSpec, load_encoder
+from encoders.decode import read_file
 from indexer import DecodeError, Library, LibraryError, Picture, VectorIndex, check_same_model, decode_picture
 
 from .filters import FilterError, Filters, unknown_tags_message
 from .library import resolve_library_dir
-from .terms import SORT_KEYS, SearchResult, Term, TermError, combine, ensemble_mean, finish, own_picture_first
+from .terms import (
+    SORT_KEYS,
+    SearchResult,
+    Term,
+    TermError,
+    check_score,
+    check_text,
+    combine,
+    ensemble_mean,
+    finish,
+    own_picture_first,
+)
 
 __all__ = ["QueryError", "SearchEngine", "SearchResult", "Term", "Filters", "SORT_KEYS", "DateLike"]
 
@@ -78,10 +90,12 @@ class SearchEngine:
         stored = self._stored_vector(path)
         if stored is not None:
             return stored
-        try:
-            data = Path(path).read_bytes()
+        try:  # the decoder's read: a regular file (never a FIFO that blocks), within its byte cap
+            data = read_file(path)
         except OSError as e:
             raise QueryError(f"cannot read picture {image}: {e.strerror or e}") from e
+        except DecodeError as e:
+            raise QueryError(f"cannot use {image} as a query: {e}") from e
         try:
             picture = decode_picture(data, min(self.encoder.image_size))
         except DecodeError as e:
@@ -125,6 +139,10 @@ class SearchEngine:
         results by "score", "date" (taken, else modified) or "path".
         """
         terms = self.query_terms(text, image, terms)
+        try:
+            min_score = check_score(min_score)
+        except TermError as e:
+            raise QueryError(str(e)) from None
         if sort not in SORT_KEYS:
             raise QueryError(f"unknown sort {sort!r}: use one of {', '.join(SORT_KEYS)}")
         filters = self.make_filters(under, after, before, ext, tags, filters)
@@ -150,6 +168,14 @@ class SearchEngine:
         terms = [t for t in terms if not (isinstance(t.value, str) and not t.value.strip())]
         if not terms:
             raise QueryError("nothing to search for: give a text, a picture, or both")
+        for term in terms:
+            if term.weight == 0:
+                raise QueryError(f"a part of the query has weight 0 ({term.value!r:.80}): leave it out instead")
+            if isinstance(term.value, str) and not term.picture():
+                try:
+                    check_text(term.value)
+                except TermError as e:
+                    raise QueryError(str(e)) from None
         return terms
 
     @staticmethod

@@ -89,8 +89,11 @@ class Filters:
         return bool(self.under or self.after or self.before or self.exts or self.tags)
 
     def under_prefix(self) -> tuple[bytes, bytes]:
-        prefix = os.fsencode(self.under.rstrip(os.sep) + os.sep)
-        return prefix, prefix + b"\xff"
+        """The byte range [low, high) of the paths inside ``under``: ``under/`` up to ``under`` + "0" (the byte
+        after "/"), right for names holding any bytes. indexer.store.folder_range, rendered for the fast
+        path (which must not import the indexer); tests check they agree."""
+        low = os.fsencode(self.under.rstrip(os.sep) + os.sep)
+        return low, low[:-1] + bytes([low[-1] + 1])
 
     def matches_ext(self, path: str) -> bool:
         return not self.exts or os.path.splitext(path)[1].lstrip(".").lower() in self.exts

@@ -11,6 +11,8 @@ naming an existing file is a picture; consecutive plain words are one text
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -32,6 +34,13 @@ class Term:
     value: str | os.PathLike | Image.Image | np.ndarray
     weight: float = 1.0
     is_image: bool | None = None  # None: a PIL picture, a Path, or a str naming an existing file is a picture
+
+    def __post_init__(self):
+        # Zero is left to the query to refuse: the search page builds a zero-weight part and drops it.
+        if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real) or \
+                not math.isfinite(self.weight):
+            raise TermError(f"the weight of {_shown_value(self.value)} is {self.weight!r}: a weight is a finite "
+                            f"number other than 0")
 
     def picture(self) -> bool:
         if self.is_image is not None:
@@ -92,9 +101,42 @@ def _term(token: str, sign: float, weight: float | None = None) -> Term:
     if prefixed is not None and weight is not None:
         raise TermError(f"{token!r} has a weight prefix and --weight as well: give the weight once")
     w = sign * (prefixed if prefixed is not None else weight if weight is not None else 1.0)
+    if not math.isfinite(w):
+        given = "--weight" if prefixed is None else "its N: prefix"
+        raise TermError(f"{_shown_value(token)} has weight {w} ({given}): a weight is a finite number other than 0")
     if w == 0:
-        raise TermError(f"{token!r} has weight 0: leave it out instead")
-    return Term(value, w, is_image=os.path.isfile(value))
+        raise TermError(f"{_shown_value(token)} has weight 0: leave it out instead")
+    picture = os.path.isfile(value)
+    if not picture:
+        check_text(value, "a query part that is not a picture file")
+    return Term(value, w, is_image=picture)
+
+
+def check_text(text: str, what: str = "a query text") -> str:
+    """A query or label text as the text model can take it: valid Unicode (not bytes of another encoding)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TermError(f"{what} must be UTF-8 text: {_shown_value(text)} holds bytes of another encoding") from None
+    return text
+
+
+def check_score(value: float | None, name: str = "min_score") -> float | None:
+    """A cosine similarity threshold: a number from -1 to 1 (NaN, infinities and booleans refused)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not -1.0 <= value <= 1.0:
+        raise TermError(f"{name} {value!r} is not a cosine similarity: give a number from -1 to 1")
+    return float(value)
+
+
+def _shown_value(value) -> str:
+    """A term as messages name it: quoted text or path, escaped by repr (control characters, bad bytes), cut
+    at 80 characters."""
+    if not isinstance(value, (str, os.PathLike)):
+        return type(value).__name__
+    text = repr(os.fspath(value))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def parse_terms(tokens: Sequence[str] = (), *, add: Iterable[str] = (), subtract: Iterable[str] = (),
@@ -137,29 +179,19 @@ def parse_terms(tokens: Sequence[str] = (), *, add: Iterable[str] = (), subtract
     return terms
 
 
-def read_templates(path: str | os.PathLike) -> tuple[str, ...]:
-    """Prompt templates from a file: one per line, each with ``{}``; ``#`` starts a comment.
-
-    The same rules as ``encoders.load_templates``, without importing the model code.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise TermError(f"cannot read templates file {path}: {e.strerror or e}") from None
-    templates = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
-    bad = [t for t in templates if "{}" not in t]
-    if not templates or bad:
-        raise TermError(f"{path}: every template needs a '{{}}' placeholder (bad: {bad[:3]})" if bad
-                        else f"{path}: no templates found")
-    return templates
-
-
 def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """Weighted sum of unit vectors, renormalised: query arithmetic in the embedding space."""
-    vector = np.sum([w * np.asarray(v, dtype=np.float32) for w, v in zip(weights, vectors, strict=False)], axis=0)
+    """Weighted sum of unit vectors, renormalised: query arithmetic in the embedding space.
+
+    Only the weights' ratios count, so they are scaled to a largest of 1 first: a tiny weight alone is
+    still a direction. Parts cancel out when what is left is tiny next to what was added up.
+    """
+    scale = max((abs(float(w)) for w in weights), default=0.0)
+    if scale == 0:
+        raise TermError("every part of the query has weight 0: nothing is left to search for")
+    parts = [(float(w) / scale) * np.asarray(v, dtype=np.float64) for w, v in zip(weights, vectors, strict=True)]
+    vector = np.sum(parts, axis=0)
     norm = float(np.linalg.norm(vector))
-    if norm < 1e-6:
+    if norm <= 1e-5 * sum(float(np.linalg.norm(p)) for p in parts):
         raise TermError("the query's parts cancel out: nothing is left to search for")
     return (vector / norm).astype(np.float32)
 

@@ -7,7 +7,6 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import delete, func, select
@@ -16,6 +15,10 @@ from encoders import PAPER_TEMPLATES, ClipEncoder
 from indexer import Library, LibraryError, Picture
 from indexer.store import OK, Root, under_clause
 from indexer.tags import PictureTag, TagRun, ensure_tag_tables, has_tag_tables
+from userfiles import read_text_entries
+
+from .output import json_bytes
+from .terms import TermError, check_text
 
 # -- duplicates ---------------------------------------------------------------------------------
 
@@ -119,16 +122,19 @@ class TagSummary:
 
 
 def parse_labels(labels: str | None = None, labels_file: str | os.PathLike | None = None) -> list[str]:
+    """Labels from ``--labels`` (comma-separated) and ``--labels-file`` (one a line, read within bounds:
+    a regular UTF-8 file of at most 1 MiB and 10,000 lines, else a one-line InputFileError)."""
     out: list[str] = []
     if labels:
         out += [label.strip() for label in labels.split(",")]
     if labels_file:
-        try:
-            text = Path(labels_file).read_text(encoding="utf-8")
-        except OSError as e:
-            raise LibraryError(f"cannot read labels file {labels_file}: {e.strerror or e}") from None
-        out += [line.strip() for line in text.splitlines() if not line.lstrip().startswith("#")]
+        out += [label for _, label in read_text_entries(labels_file, "labels file")]
     out = list(dict.fromkeys(label for label in out if label))
+    for label in out:
+        try:
+            check_text(label, "a label")
+        except TermError as e:
+            raise LibraryError(str(e)) from None
     if len(out) < 2:
         raise LibraryError("zero-shot tagging picks among labels: give at least two (--labels \"beach,dog\" or "
                            "--labels-file FILE, one per line)")
@@ -298,6 +304,15 @@ def iter_export(library: Library, vectors: bool = False, chunk: int = 5000) -> I
                 if vectors:
                     item["vector"] = np.frombuffer(r.vector, dtype=np.float32).tolist() if r.vector else None
                 yield item
+
+
+def export_json(library: Library, vectors: bool = False) -> Iterator[bytes]:
+    """The whole export as one JSON object (UTF-8, names kept exactly: ``search.output``), in pieces:
+    one picture a line inside its array, so a big library never sits in memory."""
+    yield json_bytes(library_header(library))[:-1] + b', "pictures": ['
+    for n, item in enumerate(iter_export(library, vectors=vectors)):
+        yield (b"," if n else b"") + b"\n" + json_bytes(item)
+    yield b"\n]}\n"
 
 
 def library_header(library: Library) -> dict:
