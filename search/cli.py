@@ -79,10 +79,21 @@ BatchOption = Annotated[int | None, typer.Option("--batch-size", min=1, help="Pi
                                                  "(default: 32 on CPU, 128 on CUDA).")]
 WorkersOption = Annotated[int | None, typer.Option("--workers", min=0, help="Decoding processes (default: one per "
                                                    "core; 0 = threads in this process).")]
-TimeoutOption = Annotated[float, typer.Option("--decode-timeout", min=1, help="Seconds one file may take to decode "
-                                              "before it is skipped as timed out.")]
-WaitOption = Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for another `search index` on "
-                                           "this library to finish, instead of refusing at once.")]
+
+
+def finite(value: float | None) -> float | None:
+    """An option's number must be one (click's ranges let nan and inf through)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number of seconds")
+    return value
+
+
+TimeoutOption = Annotated[float, typer.Option("--decode-timeout", min=1, callback=finite, help="Seconds one file may "
+                                              "take to decode before it is skipped as timed out.")]
+WaitOption = Annotated[float, typer.Option("--wait", min=0, callback=finite, help="Seconds to wait for another "
+                                           "`search index` on this library to finish, instead of refusing at once.")]
 
 
 def _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait):
@@ -542,7 +553,19 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):  # a character the locale cannot show is escaped, never a traceback
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    app(prog_name="search")
+    from typer._click.exceptions import UsageError  # typer's own copy of click (0.26 and later)
+
+    try:
+        code = app(prog_name="search", standalone_mode=False)
+    except UsageError as e:  # a bad argument: one line, as every other error (click draws a box over lines)
+        command = e.ctx.command_path if e.ctx is not None else "search"
+        if e.format_message():  # none when the help was shown instead (`search` alone)
+            typer.echo(f"error: {one_line(e.format_message())} (see `{command} --help`)", err=True)
+        code = e.exit_code
+    except typer.Abort:  # Ctrl-C while click itself was waiting (a prompt)
+        typer.echo("\ninterrupted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -63,12 +63,21 @@ def test_rerun_through_the_cli_embeds_nothing(indexed):
     (("query", "dog", "--top", "0"), "--top"),
     (("query", "dog", "--model", "ViT-B-32", "--pretrained", "none"), "re-index"),
     (("index", "/nonexistent/photos"), "root not found"),
+    (("query", "dog", "--bogus"), "No such option: --bogus (see `search query --help`)"),
+    (("nosuchcommand",), "No such command"),
+    (("index", "/tmp", "--wait", "inf"), "not a finite number"),
+    (("index", "/tmp", "--decode-timeout", "nan"), "--decode-timeout"),
+    (("query", "dog", "--min-score", "nan"), "--min-score"),
 ])
 def test_bad_calls_exit_2_with_one_line(indexed, args, message):
     library, _ = indexed
+    before = (library / "library.db").read_bytes()
     result = run_cli(*args, "--library", str(library))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+    said = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]  # --pretrained none
+    assert len(said) == 1 and said[0].startswith("error: "), result.stderr
+    assert (library / "library.db").read_bytes() == before
 
 
 def test_missing_library_and_offline_default_model(tmp_path):
