@@ -69,6 +69,12 @@ def read_file(path: str | os.PathLike) -> bytes:
         raise DecodeError(str(e)) from None
 
 
+def check_file_size(size: int) -> None:
+    """The same byte cap for a picture that is not a file of its own (a member of a tar shard)."""
+    if size > MAX_FILE_BYTES:
+        raise DecodeError(f"file too large to be a picture ({size:,} bytes)")
+
+
 def _date_taken(image: Image.Image) -> datetime | None:
     try:
         exif = image.getexif()

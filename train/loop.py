@@ -179,7 +179,10 @@ class Run:
         if cfg.templates:
             from encoders import load_templates
 
-            self.templates = load_templates(cfg.templates)
+            try:
+                self.templates = load_templates(cfg.templates)
+            except (OSError, ValueError) as e:  # a bad file: one line before the first step, as in `search eval`
+                raise TrainConfigError(f"--templates: {e}") from e
 
     def read_corpora(self):
         """(training records, or None when tar shards stream; validation records)."""
