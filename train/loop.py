@@ -145,6 +145,14 @@ class Run:
         check_model_name(cfg)
         check_target(cfg, self.output)
         self.resume_path, self.resume_state = load_resume(cfg, self.output, d) if cfg.resume else (None, None)
+        self.templates = None
+        if cfg.templates:
+            from encoders import load_templates
+
+            try:
+                self.templates = load_templates(cfg.templates)
+            except (OSError, ValueError) as e:  # a bad file: one line before any corpus is read, as in `search eval`
+                raise TrainConfigError(f"--templates: {e}") from e
 
         t0 = time.time()
         records, val_records = self.read_corpora()
@@ -175,14 +183,6 @@ class Run:
         self.ddp_model = self.wrap()
         self.write_config()
         self.log = MetricsLog(self.output, enabled=d.is_main)
-        self.templates = None
-        if cfg.templates:
-            from encoders import load_templates
-
-            try:
-                self.templates = load_templates(cfg.templates)
-            except (OSError, ValueError) as e:  # a bad file: one line before the first step, as in `search eval`
-                raise TrainConfigError(f"--templates: {e}") from e
 
     def read_corpora(self):
         """(training records, or None when tar shards stream; validation records)."""
