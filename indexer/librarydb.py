@@ -15,7 +15,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from .errors import LibraryError
+from .errors import LibraryError, NoLibrary
 from .schema import VERSION_TABLE, schema_of
 
 DB_NAME = "library.db"
@@ -39,7 +39,7 @@ def as_library_error(error: sqlite3.DatabaseError, db: Path) -> Exception:
 
 
 def no_library(folder: Path) -> LibraryError:
-    return LibraryError(f"no library at {folder}: create one with `search index PATH --library {folder}`")
+    return NoLibrary(f"no library at {folder}: create one with `search index PATH --library {folder}`")
 
 
 def read_only_error(folder: Path) -> LibraryError:

@@ -63,6 +63,15 @@ def test_no_library_tells_the_command(monkeypatch, tmp_path):
     assert not missing.exists(), "looking at a library must not create one"
 
 
+def test_a_damaged_library_says_what_is_wrong(monkeypatch, tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "library.db").write_bytes(b"this is not a database" * 100)
+    at = open_app(monkeypatch, damaged)
+    assert "cannot be opened" in texts(at.error) and "damaged" in texts(at.error)
+    assert not at.info and not any(w.key == "q" for w in at.text_input)
+
+
 def test_empty_library_tells_the_command(monkeypatch, tmp_path):
     Library.open(tmp_path / "empty", create=True)
     at = open_app(monkeypatch, tmp_path / "empty")

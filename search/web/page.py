@@ -348,6 +348,7 @@ def run_query(opened: Opened, text: str, picture, weight: float, options: dict):
 def page() -> None:
     from encoders import ModelError
     from indexer import LibraryError, ModelMismatch
+    from indexer.errors import NoLibrary
     from search import QueryError
 
     st.html(PAGE_STYLE)
@@ -360,9 +361,12 @@ def page() -> None:
     try:
         library = open_store(folder)
         record = library.store.model()
-    except LibraryError as e:
+    except NoLibrary as e:
         no_library(folder, f"There is no library at `{folder}`.")
         log.info("no library: %s", e)
+        return
+    except LibraryError as e:  # damaged, newer, unreadable...: its own one line says what to do
+        st.error(f"**This library cannot be opened.** {e}", icon=":material/error:")
         return
     if record is None:
         no_library(folder, f"The library at `{folder}` has no pictures yet.")
