@@ -48,6 +48,11 @@ def train_command(
     lock_text: bool = typer.Option(False, "--lock-text"),
     lock_text_unlocked_layers: int = typer.Option(0, "--lock-text-unlocked-layers"),
     loss: str = typer.Option("clip", "--loss", help="clip|siglip"),
+    crop_scale: float = typer.Option(0.9, "--crop-scale", help="Augmentation: random crops of this much to all of "
+                                     "a picture's area (1: none, each picture as the indexer prepares it)."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Of the softmax loss's targets."),
+    init_temperature: float | None = typer.Option(None, "--init-temperature", help="From scratch: the starting "
+                                                  "softmax temperature (default CLIP's 0.07)."),
     save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps (and at each epoch)."),
     resume: str | None = typer.Option(None, "--resume", help="latest or a checkpoint file."),
     workers: int | None = typer.Option(None, "--workers", help="Data loader processes (default: automatic)."),
@@ -81,7 +86,8 @@ def train_command(
                           accum_steps=accum_steps, grad_clip=grad_clip or None,
                           grad_checkpointing=grad_checkpointing, compile=compile, lock_image=lock_image,
                           lock_image_unlocked_groups=lock_image_unlocked_groups, lock_text=lock_text,
-                          lock_text_unlocked_layers=lock_text_unlocked_layers, loss=loss, save_every=save_every,
+                          lock_text_unlocked_layers=lock_text_unlocked_layers, loss=loss, crop_scale=crop_scale,
+                          label_smoothing=label_smoothing, init_temperature=init_temperature, save_every=save_every,
                           resume=resume, workers=workers, image_column=image_column,
                           caption_column=caption_column, label_column=label_column, templates=templates,
                           max_steps=max_steps, progress=progress and sys.stderr.isatty(), time_budget=time_budget,

@@ -38,6 +38,9 @@ class TrainConfig:
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     loss: str = "clip"
+    crop_scale: float = 0.9        # random crops of crop_scale..1 of the picture's area (1: no random crop)
+    label_smoothing: float = 0.0   # of the contrastive (softmax) loss's targets
+    init_temperature: float | None = None  # from scratch: the softmax temperature to start at (None: CLIP's 0.07)
     save_every: int = 0            # optimizer steps between checkpoints (0: only at each epoch)
     resume: str | None = None      # "latest" or a checkpoint file
     workers: int | None = None     # None: chosen from the corpus (0 when it is decoded in memory)
@@ -81,6 +84,14 @@ class TrainConfig:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.loss not in LOSSES:
             problems.append(f"--loss must be one of {', '.join(LOSSES)} (got {self.loss!r})")
+        if not 0.0 < self.crop_scale <= 1.0:
+            problems.append(f"--crop-scale must be in (0, 1] (got {self.crop_scale})")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.label_smoothing and self.loss != "clip":
+            problems.append("--label-smoothing applies to --loss clip only")
+        if self.init_temperature is not None and not 0.0 < self.init_temperature <= 1.0:
+            problems.append(f"--init-temperature must be in (0, 1] (got {self.init_temperature})")
         if self.lr is not None and not self.lr > 0:
             problems.append(f"--lr must be positive (got {self.lr})")
         if self.wd < 0:

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .corpus import Record
 from .errors import TrainConfigError
@@ -106,7 +106,11 @@ def seeded(seed: int, transform, image):
 
 
 class TrainPairs(Dataset):
-    """(epoch, index) → (augmented picture, one of its captions' tokens, pictures that failed)."""
+    """(epoch, index) → (augmented picture, one of its captions' tokens, pictures that failed).
+
+    ``transform`` None: the stored picture is handed on as it is (``ModelPictures``' uint8 array, the
+    model's input already cut; the collate function normalises the whole batch at once).
+    """
 
     def __init__(self, split: Split, transform, seed: int):
         self.split, self.transform, self.seed = split, transform, seed
@@ -130,7 +134,7 @@ class TrainPairs(Dataset):
         rng = random.Random(seed)
         rows = self.split.caption_index[picked]
         tokens = self.split.tokens[rows[rng.randrange(len(rows))]].long()
-        return seeded(seed, self.transform, image), tokens, failed
+        return (image if self.transform is None else seeded(seed, self.transform, image)), tokens, failed
 
 
 class EvalImages(Dataset):
@@ -191,17 +195,28 @@ def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, :int(tokens.argmax(dim=1).max()) + 1]
 
 
-def collate_trimmed(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    pixels, tokens, failed = default_collate(batch)
-    return pixels, trim_tokens(tokens), failed
+class TrainCollate:
+    """Items → (pixels, tokens, failed): the pictures stacked (or prepared as a batch by ``pictures.collate``:
+    ``ModelPictures`` arrays, normalised in one go), the token rows optionally cut to the longest caption."""
+
+    def __init__(self, pictures: ModelPictures | None = None, trim_text: bool = False):
+        self.pictures, self.trim_text = pictures, trim_text
+
+    def __call__(self, batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, tokens, failed = zip(*batch, strict=True)
+        pixels = self.pictures.collate(list(images)) if self.pictures is not None else torch.stack(images)
+        tokens = torch.stack(tokens)
+        return pixels, trim_tokens(tokens) if self.trim_text else tokens, torch.tensor(failed)
 
 
 def train_loader(split: Split, transform, sampler: EpochBatches, seed: int, workers: int,
                  pin_memory: bool = False, trim_text: bool = False) -> DataLoader:
-    """``trim_text``: token rows cut to the batch's longest caption (for ``TrainingTowers``)."""
+    """``trim_text``: token rows cut to the batch's longest caption (for ``TrainingTowers``); ``transform``
+    None: the split holds ``ModelPictures`` arrays, batched by their own ``collate``."""
     kwargs = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
+    pictures = split.store.pictures if transform is None else None
     return DataLoader(TrainPairs(split, transform, seed), batch_sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, collate_fn=collate_trimmed if trim_text else None, **kwargs)
+                      pin_memory=pin_memory, collate_fn=TrainCollate(pictures, trim_text), **kwargs)
 
 
 class EvalBatch:

@@ -31,6 +31,7 @@ from .distributed import (
 )
 from .errors import TrainConfigError
 from .eval import evaluate, flatten
+from .fastpath import cpu_precision, to_channels_last, wants_channels_last
 from .images import ModelPictures, TrainPictures
 from .loss import make_loss
 from .metrics import MetricsLog, plot_curves
@@ -43,14 +44,14 @@ LR_SCRATCH, LR_FINETUNE = 1e-3, 1e-5
 UNPLANNED = 10 ** 9  # the schedule's length until a time budget plans it
 
 
-def resolve_precision(precision: str | None, device: torch.device) -> str:
+def resolve_precision(precision: str | None, device: torch.device, model: torch.nn.Module) -> str:
     if precision:
         if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise TrainConfigError("--precision bf16: this GPU has no bfloat16; use fp16")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"  # measured on 2-core AVX-512 CPUs: bf16 autocast is not faster for small models
+    return cpu_precision(model)
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -139,7 +140,6 @@ class Run:
             cfg.lr = LR_FINETUNE if cfg.from_weights else LR_SCRATCH
         if cfg.epochs is None and not cfg.time_budget:
             cfg.epochs = DEFAULT_EPOCHS
-        self.precision = resolve_precision(cfg.precision, d.device)
         enable_tf32(d.device)
         seed_everything(cfg.seed)  # the same on every rank: a model from scratch starts the same everywhere
         check_model_name(cfg)
@@ -159,6 +159,10 @@ class Run:
         built = self.built = build_model(cfg, d.device)
         self.model = built.model
         self.model.output_dict = True
+        self.precision = resolve_precision(cfg.precision, d.device, self.model)
+        self.channels_last = wants_channels_last(self.model)
+        if self.channels_last:
+            to_channels_last(self.model)
         apply_locks(self.model, cfg)
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
@@ -221,13 +225,19 @@ class Run:
         pin = d.device.type == "cuda"
         if records is None:
             return self.make_stream(pictures, trim, pin)
+        transform = built.train_transform
+        prepared = ModelPictures(built.preprocess, built.model.visual.image_size)
+        if transform is built.preprocess and prepared.split.fast:
+            # No random crop: every picture is kept as the indexer prepares it (the model's input, uint8) and a
+            # batch is normalised in one go; no per-picture work is left for the loader.
+            pictures, transform = prepared, None
         split = build_split(records, built.tokenizer, pictures, self.corpus.skipped)
         global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
         if len(split) < global_batch:
             raise TrainConfigError(f"only {len(split)} readable training pictures for an effective batch of "
                                    f"{global_batch} ({describe_skipped(self.corpus)}); lower --batch-size")
         workers = cfg.workers if cfg.workers is not None else default_workers(split.store.in_memory)
-        return RecordData(split, built.train_transform, cfg.batch_size, cfg.accum_steps, d.rank, d.world_size,
+        return RecordData(split, transform, cfg.batch_size, cfg.accum_steps, d.rank, d.world_size,
                           cfg.seed, workers, pin, trim)
 
     def make_stream(self, pictures, trim: bool, pin: bool):
@@ -271,7 +281,7 @@ class Run:
         self.scheduler = WarmupCosine(self.optimizer, cfg.lr, warmup_steps(cfg.warmup, total), total)
         self.scaler = torch.amp.GradScaler(d.device.type) if self.precision == "fp16" else None
         self.autocast = autocast_for(self.precision, d.device)
-        self.loss_fn = make_loss(cfg.loss, d.rank, d.world_size)
+        self.loss_fn = make_loss(cfg.loss, d.rank, d.world_size, cfg.label_smoothing)
 
     def wrap(self):
         cfg, d = self.cfg, self.d
@@ -328,7 +338,10 @@ class Run:
             texts = texts.to(d.device, non_blocking=True)
             if cfg.compile and self.towers.trims_text:
                 mark_text_length_dynamic(texts)
-            micro.append((images.to(d.device, non_blocking=True), texts))
+            images = images.to(d.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            micro.append((images, texts))
             if len(micro) < cfg.accum_steps:
                 continue
             self.train_step(micro, epoch, in_epoch + 1, progress)

@@ -97,13 +97,17 @@ def check_model_name(cfg: TrainConfig) -> None:
                                "(e.g. ViT-B-32, RN50, clipsearch-tiny)")
 
 
-def _transforms(model: torch.nn.Module):
+def _transforms(model: torch.nn.Module, crop_scale: float):
+    """(training transform, the indexer's preprocess, its config); no random crop: the preprocess trains too."""
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     cfg = PreprocessCfg(**model.visual.preprocess_cfg)
-    train = image_transform_v2(cfg, is_train=True, aug_cfg=open_clip.AugmentationCfg(scale=(0.9, 1.0)))
-    return train, image_transform_v2(cfg, is_train=False), cfg
+    preprocess = image_transform_v2(cfg, is_train=False)
+    if crop_scale >= 1.0:
+        return preprocess, preprocess, cfg
+    train = image_transform_v2(cfg, is_train=True, aug_cfg=open_clip.AugmentationCfg(scale=(crop_scale, 1.0)))
+    return train, preprocess, cfg
 
 
 def _image_size(cfg) -> int:
@@ -140,6 +144,8 @@ def _load(cfg: TrainConfig, name: str, device: torch.device):
         torch.manual_seed(cfg.seed)
         kwargs = dict(init_logit_scale=SIGLIP_INIT_SCALE, init_logit_bias=SIGLIP_INIT_BIAS) if cfg.loss == "siglip" \
             else {}
+        if cfg.init_temperature is not None:
+            kwargs["init_logit_scale"] = math.log(1 / cfg.init_temperature)
         logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": that is the point here
         try:
             model = open_clip.create_model(name, device=device, **kwargs)
@@ -173,7 +179,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> Built:
             # The softmax loss never uses the bias: frozen, it keeps its value and DDP finds no unused parameter.
             model.logit_bias.requires_grad_(False)
     model.train()
-    train_transform, preprocess, pp_cfg = _transforms(model)
+    train_transform, preprocess, pp_cfg = _transforms(model, cfg.crop_scale)
     return Built(model, train_transform, preprocess, tokenizer, architecture, model_cfg, _image_size(pp_cfg))
 
 

@@ -25,13 +25,9 @@ def adam_settings(model: torch.nn.Module) -> dict:
     As open_clip_train (which decides by "vit" in the model name), convolutional and hybrid
     towers (ConvNeXt, MobileCLIP's FastViT) take the ResNet settings.
     """
-    from open_clip.transformer import VisionTransformer
+    from .fastpath import transformer_image_tower
 
-    visual = getattr(model, "visual", None)
-    trunk = type(getattr(visual, "trunk", None)).__name__  # timm towers
-    if isinstance(visual, VisionTransformer) or "VisionTransformer" in trunk or trunk.startswith("Eva"):
-        return dict(TRANSFORMER_ADAM)
-    return dict(CONVNET_ADAM)
+    return dict(TRANSFORMER_ADAM if transformer_image_tower(model) else CONVNET_ADAM)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, wd: float) -> torch.optim.AdamW:

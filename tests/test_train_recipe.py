@@ -1,0 +1,130 @@
+"""The recipe's knobs and the CPU path: label smoothing is open_clip's loss with smoothed targets, the starting
+temperature is the one asked for, training without a random crop sees exactly the indexer's pixels, bf16 only
+where the CPU has it natively and the tower gains from it, channels-last for convolutional towers."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import make_shapes_corpus  # noqa: E402
+
+
+def _config(**kwargs):
+    from train.config import TrainConfig
+
+    return TrainConfig(**{**dict(model="clipsearch-tiny", progress=False, seed=0, batch_size=8), **kwargs})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes_corpus(root, per_class=1)
+    return root / "captions.csv"
+
+
+def _features(n: int = 6, dim: int = 16):
+    torch.manual_seed(0)
+    return F.normalize(torch.randn(n, dim), dim=-1), F.normalize(torch.randn(n, dim), dim=-1), torch.tensor(20.0)
+
+
+def test_label_smoothing_is_open_clips_loss_with_smoothed_targets():
+    from open_clip.loss import ClipLoss
+
+    from train.loss import SmoothedClipLoss, make_loss
+
+    images, texts, scale = _features()
+    assert type(make_loss("clip")) is ClipLoss  # no smoothing: open_clip's own class
+    assert torch.allclose(SmoothedClipLoss(0.0)(images, texts, scale), ClipLoss()(images, texts, scale))
+    logits = scale * images @ texts.T
+    labels = torch.arange(len(images))
+    expected = (F.cross_entropy(logits, labels, label_smoothing=0.1)
+                + F.cross_entropy(logits.T, labels, label_smoothing=0.1)) / 2
+    smoothed = make_loss("clip", label_smoothing=0.1)(images, texts, scale)
+    assert torch.allclose(smoothed, expected) and not torch.allclose(smoothed, ClipLoss()(images, texts, scale))
+
+
+def test_the_starting_temperature_is_the_one_asked_for(corpus, tmp_path):
+    from train.model import build_model
+
+    def start_scale(**kwargs) -> float:
+        return build_model(_config(data=[str(corpus)], output=str(tmp_path), **kwargs),
+                           torch.device("cpu")).model.logit_scale.exp().item()
+
+    assert start_scale() == pytest.approx(1 / 0.07, rel=1e-5)
+    assert start_scale(init_temperature=0.03) == pytest.approx(1 / 0.03, rel=1e-5)
+
+
+def test_without_a_random_crop_training_sees_the_indexers_pixels(corpus, tmp_path):
+    """--crop-scale 1: each training batch is bit for bit the indexer's preprocess of the decoded pictures."""
+    from encoders.decode import decode_picture
+    from train.distributed import Dist
+    from train.loop import Run
+    from train.model import build_model
+
+    run = Run(_config(data=[str(corpus)], output=str(tmp_path / "run"), crop_scale=1.0, epochs=1), Dist(),
+              time.monotonic())
+    run.setup()
+    assert run.data.loader.dataset.transform is None  # no per-picture work left in the loader
+    pixels, tokens, failed = next(run.data.batches(0, 0))
+    order = run.data.sampler.order(0)[:len(pixels)]
+    preprocess = build_model(_config(data=[str(corpus)], output=str(tmp_path)), torch.device("cpu")).preprocess
+    expected = torch.stack([preprocess(decode_picture(Path(run.data.split.records[i].source).read_bytes(), 64).image)
+                            for i in order])
+    assert torch.equal(pixels, expected)
+    assert failed.sum() == 0 and tokens.shape[0] == len(pixels)
+
+
+def test_the_default_random_crop_still_crops(corpus, tmp_path):
+    from train.distributed import Dist
+    from train.loop import Run
+
+    run = Run(_config(data=[str(corpus)], output=str(tmp_path / "run"), epochs=1), Dist(), time.monotonic())
+    run.setup()
+    transform = run.data.loader.dataset.transform
+    assert transform is not None and "RandomResizedCrop" in str(transform)
+    assert next(run.data.batches(0, 0))[0].shape[1:] == (3, 64, 64)
+
+
+def _resnet_holder():
+    from open_clip.modified_resnet import ModifiedResNet
+
+    holder = torch.nn.Module()
+    holder.visual = ModifiedResNet(layers=(1, 1, 1, 1), output_dim=32, heads=2, image_size=64, width=16)
+    return holder
+
+
+def test_bf16_only_where_native_and_the_tower_gains(monkeypatch):
+    import open_clip
+
+    import encoders  # noqa: F401
+    from train import fastpath
+    from train.loop import resolve_precision
+
+    vit, resnet = open_clip.create_model("clipsearch-tiny"), _resnet_holder()
+    cpu = torch.device("cpu")
+    for native in (False, True):
+        monkeypatch.setattr(fastpath, "native_bf16", lambda native=native: native)
+        assert resolve_precision(None, cpu, vit) == "fp32"
+        assert resolve_precision(None, cpu, resnet) == ("bf16" if native else "fp32")
+        assert resolve_precision("fp32", cpu, resnet) == "fp32"  # asked for: kept
+    assert isinstance(fastpath.native_bf16(), bool)
+
+
+def test_channels_last_for_convolutional_towers_only():
+    import open_clip
+
+    import encoders  # noqa: F401
+    from train.fastpath import to_channels_last, wants_channels_last
+
+    assert not wants_channels_last(open_clip.create_model("clipsearch-tiny"))
+    resnet = _resnet_holder()
+    assert wants_channels_last(resnet)
+    to_channels_last(resnet)
+    assert resnet.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,43 @@
+"""The fastest correct way to run a training step on this machine, chosen as measured (BENCHMARKS.md).
+
+- bf16 autocast on a CPU only where the CPU computes bf16 natively (AVX512-BF16 or AMX) and the image tower
+  is convolutional: emulated bf16 (AVX-512 without those) measured 0.75× fp32 for clipsearch-tiny, and even
+  with native bf16 a ViT runs slower than in fp32 (DESIGN.md's machine figures), while convolutional towers
+  gain about 2×.
+- Channels-last memory for convolutional towers (their convolutions' fast layout on CPUs and GPUs); a ViT's
+  one convolution, the patch embedding, gains nothing from it.
+- Re-parameterisation (MobileOne/FastViT branches folded into one convolution) is an inference-only rewrite:
+  a folded model trains as a different model and no longer matches its config, so training keeps the branches.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def native_bf16() -> bool:
+    """AVX512-BF16 or AMX: the CPU multiplies bf16 itself (elsewhere oneDNN emulates it, slower than fp32)."""
+    cpu = getattr(torch, "cpu", None)
+    checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
+    return any(check() for check in checks if check is not None)
+
+
+def transformer_image_tower(model: torch.nn.Module) -> bool:
+    """A ViT (open_clip's own, a timm ViT or an EVA); False for ResNets, ConvNeXts and hybrids like FastViT."""
+    from open_clip.transformer import VisionTransformer
+
+    visual = getattr(model, "visual", None)
+    trunk = type(getattr(visual, "trunk", None)).__name__  # timm towers
+    return isinstance(visual, VisionTransformer) or "VisionTransformer" in trunk or trunk.startswith("Eva")
+
+
+def cpu_precision(model: torch.nn.Module) -> str:
+    return "bf16" if native_bf16() and not transformer_image_tower(model) else "fp32"
+
+
+def wants_channels_last(model: torch.nn.Module) -> bool:
+    return not transformer_image_tower(model)
+
+
+def to_channels_last(model: torch.nn.Module) -> None:
+    model.visual.to(memory_format=torch.channels_last)
