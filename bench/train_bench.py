@@ -1,13 +1,15 @@
 """Our trainer against open_clip's own trainer: same data, model, batch, epochs and seed, in one run.
 
-    python bench/train_bench.py                       # 5 epochs, batch 128, fp32 on both sides
+    python bench/train_bench.py                       # 8 epochs, batch 128, then ours again in their time
     python bench/train_bench.py --quick               # 1 epoch smoke run
     python bench/train_bench.py --precision bf16      # bf16 autocast on both sides
 
 Both trainers train ``clipsearch-tiny`` on emoji-google (``--data``), one after the other (never at
-the same time: they would share the CPU cores), each in its own process. Then both checkpoints are
-evaluated on emoji-twitter (``--eval-data``) by the SAME code, ``search eval --json`` (our evaluation),
-and cross-checked with a small independent recall implementation in this file.
+the same time: they would share the CPU cores), each in its own process, for the same epochs. Then ours
+trains once more with ``--time-budget`` set to open_clip_train's whole-process wall time (equal wall-clock;
+``--no-equal-time`` skips it). Every model is evaluated on emoji-twitter (``--eval-data``) by the SAME
+code, ``search eval --json --label-column category`` (recall and zero-shot category accuracy), and
+recall is cross-checked with a small independent implementation in this file.
 
 Throughput is measured the same way for both: the per-step times each trainer records (open_clip_train:
 ``Train Epoch ... Batch (t) ... samples/s`` log lines at every step; ours: ``metrics.jsonl``), leaving out
@@ -33,6 +35,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.machine import cpu_summary  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "data"
 DEFAULT_DATA = SHARED / "emoji-google" / "captions.csv"
 DEFAULT_EVAL = SHARED / "emoji-twitter" / "captions.csv"
@@ -54,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="training CSV (filepath,caption)")
     p.add_argument("--eval-data", type=Path, default=DEFAULT_EVAL, help="held-out CSV for recall@k")
     p.add_argument("--model", default=MODEL)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=None,
                    help="data-loader workers for both trainers (default: ours chooses its own, 0 when the corpus "
@@ -68,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--openclip-lr", type=float, default=None, help="open_clip_train --lr (default: its own, 5e-4)")
     p.add_argument("--only", choices=["ours", "openclip"], default=None, help="run one side only")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch")
+    p.add_argument("--label-column", default="category", help="zero-shot accuracy over this column of --eval-data")
+    p.add_argument("--no-equal-time", action="store_true",
+                   help="skip the run of ours with --time-budget set to open_clip_train's wall time")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "train")
     p.add_argument("--no-reference-eval", action="store_true",
                    help="skip the cross-check with this file's own recall implementation")
@@ -225,15 +234,17 @@ def ours_steps(metrics: Path, batch_size: int) -> list[tuple[int, int, float | N
     return steps
 
 
-def run_ours(args, out: Path) -> dict:
+def run_ours(args, out: Path, time_budget: float | None = None) -> dict:
+    """Ours for ``--epochs``, or (``time_budget``) for as many steps as that wall time allows, start to export."""
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "train", "--data", str(args.data), "--model", args.model,
-           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--output", str(out),
-           "--seed", str(args.seed), "--precision", args.precision]
+    length = ["--time-budget", str(time_budget)] if time_budget else ["--epochs", str(args.epochs)]
+    cmd = [sys.executable, "-m", "train", "--data", str(args.data), "--model", args.model, *length,
+           "--batch-size", str(args.batch_size), "--output", str(out), "--seed", str(args.seed),
+           "--precision", args.precision, "--no-progress"]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
-    proc = run(cmd, out.parent / "ours.log", "ours")
+    proc = run(cmd, out.parent / f"{out.name}.log", out.name)
     metrics = out / "metrics.jsonl"
     result = steady(ours_steps(metrics, args.batch_size)) if metrics.is_file() else {}
     if not result.get("steps"):
@@ -255,9 +266,9 @@ def per_second(result: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------- evaluation
 
-def search_eval(model_dir: Path, data: Path, log: Path) -> dict:
+def search_eval(model_dir: Path, data: Path, log: Path, label_column: str) -> dict:
     cmd = [sys.executable, "-c", SEARCH_LAUNCHER, "eval", "--checkpoint", str(model_dir), "--data", str(data),
-           "--json"]
+           "--label-column", label_column, "--json"]
     run(cmd, log, "search eval")
     for line in reversed(log.read_text().splitlines()):
         if line.startswith("{"):
@@ -310,7 +321,7 @@ def reference_recall(model_dir: Path, data: Path, ks=(1, 5, 10)) -> dict:
 def evaluate(side: dict, args, out: Path, name: str) -> None:
     model_dir = Path(side["model"])
     try:
-        side["eval"] = search_eval(model_dir, args.eval_data, out / f"eval_{name}.log")
+        side["eval"] = search_eval(model_dir, args.eval_data, out / f"eval_{name}.log", args.label_column)
     except SystemExit as e:
         print(f"[{name}] search eval unavailable or failed: {e}")
         side["eval"] = None
@@ -326,6 +337,7 @@ def _fmt(v, spec=".1f"):
 
 TIMING_ROWS = (  # label, key, format, ratio shown
     ("steady samples/s", "samples_per_s", ".1f", True),
+    ("training steps", "steps", "d", False),
     ("steady training seconds", "steady_seconds", ".1f", False),
     ("end-to-end samples/s", "end_to_end_samples_per_s", ".1f", True),
     ("samples per CPU second (whole process)", "samples_per_cpu_s", ".1f", True),
@@ -335,17 +347,22 @@ TIMING_ROWS = (  # label, key, format, ratio shown
 )
 
 
-def report(args, results: dict) -> dict:
-    ours, oc = results.get("ours") or {}, results.get("openclip") or {}
-    ratio = (round(ours["samples_per_s"] / oc["samples_per_s"], 2)
-             if ours.get("samples_per_s") and oc.get("samples_per_s") else None)
-    workers = "auto" if args.workers is None else args.workers
-    print("\n" + "=" * 100)
-    print(f"train bench: {args.model} on {args.data}, {args.epochs} epoch(s), batch {args.batch_size}, "
-          f"seed {args.seed}, "
-          f"precision {args.precision}, workers {workers} (open_clip_train {openclip_workers(args)}); "
-          f"recall on {args.eval_data}")
-    print(f"{'':40}{'ours':>12}{'open_clip_train':>18}{'ours/open_clip':>16}")
+def _recall10(side: dict) -> float | None:
+    return ((side.get("eval") or {}).get("text_to_image") or {}).get("recall@10")
+
+
+def _zero_shot(side: dict) -> float | None:
+    return ((side.get("eval") or {}).get("zero_shot") or {}).get("top1")
+
+
+def _ratio(a, b) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def print_side_by_side(args, ours: dict, oc: dict, title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'':44}{'ours':>12}{'open_clip_train':>18}{'ours/open_clip':>16}")
+
     def value(side: dict, key: str):
         if key == "load":
             return f"{side['load_before']:.1f}/{side['load_after']:.1f}" if side else None
@@ -354,25 +371,65 @@ def report(args, results: dict) -> dict:
     for label, key, spec, show_ratio in TIMING_ROWS:
         a, b = value(ours, key), value(oc, key)
         r = f"{a / b:.2f}" if show_ratio and a and b else ""
-        print(f"{label:40}{_fmt(a, spec):>12}{_fmt(b, spec):>18}{r:>16}")
-    for source, title in (("eval", "search eval"), ("eval_reference", "bench cross-check")):
+        print(f"{label:44}{_fmt(a, spec):>12}{_fmt(b, spec):>18}{r:>16}")
+    for source, name in (("eval", "search eval"), ("eval_reference", "bench cross-check")):
         if not (ours.get(source) or oc.get(source)):
             continue
-        for direction, short in (("text_to_image", "text→image"), ("image_to_text", "image→text")):
+        for direction, short in (("text_to_image", "text→image"), ("text_to_image_per_caption", "text→image/caption"),
+                                 ("image_to_text", "image→text")):
             for k in (1, 5, 10):
                 a = (ours.get(source) or {}).get(direction, {}).get(f"recall@{k}")
                 b = (oc.get(source) or {}).get(direction, {}).get(f"recall@{k}")
+                if a is None and b is None:
+                    continue
                 r = f"{a / b:.2f}" if a is not None and b else ""
-                print(f"{f'{short} R@{k} ({title})':40}{_fmt(a, '.4f'):>12}{_fmt(b, '.4f'):>18}{r:>16}")
+                print(f"{f'{short} R@{k} ({name})':44}{_fmt(a, '.4f'):>12}{_fmt(b, '.4f'):>18}{r:>16}")
+    a, b = _zero_shot(ours), _zero_shot(oc)
+    r = f"{a / b:.2f}" if a is not None and b else ""
+    print(f"{f'zero-shot top1 ({args.label_column})':44}{_fmt(a, '.4f'):>12}{_fmt(b, '.4f'):>18}{r:>16}")
+
+
+def targets(results: dict) -> dict:
+    """The issue's targets: at equal epochs speed ≥ 2.5×, R@10 ≥ 1.5×, zero-shot ≥ theirs; in their time R@10 ≥ 2×."""
+    ours, oc, timed = results.get("ours") or {}, results.get("openclip") or {}, results.get("ours_equal_time") or {}
+    figures = {
+        "speed (steady samples/s), equal epochs": (_ratio(ours.get("samples_per_s"), oc.get("samples_per_s")), 2.5),
+        "text→image R@10, equal epochs": (_ratio(_recall10(ours), _recall10(oc)), 1.5),
+        "zero-shot top1, equal epochs": (_ratio(_zero_shot(ours), _zero_shot(oc)), 1.0),
+        "text→image R@10, equal wall-clock": (_ratio(_recall10(timed), _recall10(oc)), 2.0),
+    }
+    return {name: {"ratio": ratio, "target": target, "met": ratio is not None and ratio >= target}
+            for name, (ratio, target) in figures.items()}
+
+
+def report(args, results: dict) -> dict:
+    ours, oc, timed = results.get("ours") or {}, results.get("openclip") or {}, results.get("ours_equal_time")
+    workers = "auto" if args.workers is None else args.workers
+    print("\n" + "=" * 100)
+    print(cpu_summary())
+    print(f"train bench: {args.model} on {args.data}, {args.epochs} epoch(s), batch {args.batch_size}, "
+          f"seed {args.seed}, precision {args.precision}, workers {workers} (open_clip_train "
+          f"{openclip_workers(args)}); evaluated on {args.eval_data}")
+    print_side_by_side(args, ours, oc, f"equal epochs ({args.epochs})")
+    if timed:
+        print_side_by_side(args, timed, oc, f"equal wall-clock: ours with --time-budget {timed['time_budget']} s "
+                                            f"(open_clip_train's process wall time), "
+                                            f"{timed.get('samples_trained')} samples")
     print(f"note: {NOTE_ALPHA}")
     if oc:
         lr = "" if args.openclip_lr is None else f" but --lr {args.openclip_lr}"
         print(f"note: open_clip_train ran with --precision {oc['precision']}, --warmup {oc['warmup_steps']} steps, "
               f"its own lr/wd defaults{lr}; both trainers drop the last partial batch of each epoch")
-    summary = {"bench": "train", "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
-               "seed": args.seed, "precision": args.precision, "workers": args.workers,
-               "openclip_workers": openclip_workers(args), "data": str(args.data), "eval_data": str(args.eval_data),
-               "ours": results.get("ours"), "openclip": results.get("openclip"), "samples_per_s_ratio": ratio}
+    checks = targets(results)
+    print("\ntargets (ours / open_clip_train):")
+    for name, c in checks.items():
+        print(f"  {name:44}{_fmt(c['ratio'], '.2f'):>8}  target ≥ {c['target']}: {'met' if c['met'] else 'NOT met'}")
+    summary = {"bench": "train", "cpu": cpu_summary(), "model": args.model, "epochs": args.epochs,
+               "batch_size": args.batch_size, "seed": args.seed, "precision": args.precision,
+               "workers": args.workers, "openclip_workers": openclip_workers(args), "data": str(args.data),
+               "eval_data": str(args.eval_data), "ours": results.get("ours"), "openclip": results.get("openclip"),
+               "ours_equal_time": timed, "targets": checks,
+               "samples_per_s_ratio": _ratio(ours.get("samples_per_s"), oc.get("samples_per_s"))}
     (args.out / "result.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return summary
@@ -386,6 +443,10 @@ def main(argv=None) -> int:
         results["ours"] = run_ours(args, args.out / "ours")
     if args.only in (None, "openclip"):
         results["openclip"] = run_openclip(args, args.out / "openclip")
+        if args.only is None and not args.no_equal_time:
+            budget = results["openclip"]["wall_seconds"]
+            results["ours_equal_time"] = run_ours(args, args.out / "ours_equal_time", time_budget=budget)
+            results["ours_equal_time"]["time_budget"] = budget
     for name, side in results.items():
         evaluate(side, args, args.out, name)
     report(args, results)
