@@ -11,8 +11,9 @@ interleaved round by round so a change in the machine's load hits them alike):
 
 - ``fp32``: what the trainer runs by default on a CPU;
 - ``bf16``: bf16 autocast (fast only where the CPU has AVX512-BF16 or AMX);
-- ``compile``: ``torch.compile`` of the training forward (its compile time printed apart);
-- ``channels_last``: the image batch and tower in channels-last memory format (a convolutional tower's path).
+- ``compile``: ``torch.compile`` of the training forward (its compile time printed apart).
+
+``--crop-scale 1`` profiles the path without a random crop (pictures kept as the indexer prepares them).
 
 Prints a table (milliseconds per step and phase, samples/s) with the machine's load and CPU flags.
 """
@@ -48,17 +49,20 @@ def parse_args(argv=None):
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--model", default="clipsearch-tiny")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--crop-scale", type=float, default=None,
+                   help="the trainer's --crop-scale (default: its own; 1 = no random crop, no per-picture work)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     p.add_argument("--rounds", type=int, default=2, help="the variants take turns this many times")
     p.add_argument("--variants", nargs="+", default=["fp32", "bf16", "compile"],
-                   choices=["fp32", "bf16", "compile", "channels_last"])
+                   choices=["fp32", "bf16", "compile"])
     return p.parse_args(argv)
 
 
 def setup(args, out: Path) -> Run:
+    knobs = {} if args.crop_scale is None else {"crop_scale": args.crop_scale}
     cfg = TrainConfig(data=[args.data], output=str(out), model=args.model, pretrained="none",
-                      batch_size=args.batch_size, epochs=100, progress=False)
+                      batch_size=args.batch_size, epochs=100, progress=False, **knobs)
     cfg.validate()
     run = Run(cfg, Dist(), time.monotonic())
     run.setup()
@@ -80,9 +84,6 @@ class Variant:
     def step(self, batch_iter, timed: bool) -> None:
         run, marks = self.run, [time.perf_counter()]
         images, texts, _ = next(batch_iter)
-        if self.name == "channels_last":
-            images = images.contiguous(memory_format=torch.channels_last)
-            run.model.visual.to(memory_format=torch.channels_last)
         marks.append(time.perf_counter())
         with self.autocast():
             if self.name == "compile":  # one graph: the towers cannot be timed apart
@@ -141,8 +142,13 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_crop_scale(args) -> float:
+    return TrainConfig.crop_scale if args.crop_scale is None else args.crop_scale
+
+
 def report(args, variants) -> None:
-    print(f"\n{args.model}, batch {args.batch_size}, {args.rounds} × {args.steps} timed steps per variant; "
+    print(f"\n{args.model}, batch {args.batch_size}, crop scale {run_crop_scale(args)}, "
+          f"{args.rounds} × {args.steps} timed steps per variant; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; 1-min load average now "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     header = f"{'median ms per step':24}" + "".join(f"{v.name:>16}" for v in variants)

@@ -71,7 +71,7 @@ def test_without_a_random_crop_training_sees_the_indexers_pixels(corpus, tmp_pat
     run = Run(_config(data=[str(corpus)], output=str(tmp_path / "run"), crop_scale=1.0, epochs=1), Dist(),
               time.monotonic())
     run.setup()
-    assert run.data.loader.dataset.transform is None  # no per-picture work left in the loader
+    assert run.data.loader.dataset.per_picture is None  # no per-picture work left in the loader
     pixels, tokens, failed = next(run.data.batches(0, 0))
     order = run.data.sampler.order(0)[:len(pixels)]
     preprocess = build_model(_config(data=[str(corpus)], output=str(tmp_path)), torch.device("cpu")).preprocess
@@ -81,15 +81,56 @@ def test_without_a_random_crop_training_sees_the_indexers_pixels(corpus, tmp_pat
     assert failed.sum() == 0 and tokens.shape[0] == len(pixels)
 
 
-def test_the_default_random_crop_still_crops(corpus, tmp_path):
+def test_the_default_random_crop_is_cut_for_the_whole_batch_at_once(corpus, tmp_path):
+    """Each picture's box is torchvision's draw for its seed; the batch is those crops resized (bilinear)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    from train.augment import BatchCrop
+    from train.data import sample_seed, seeded
     from train.distributed import Dist
     from train.loop import Run
 
     run = Run(_config(data=[str(corpus)], output=str(tmp_path / "run"), epochs=1), Dist(), time.monotonic())
     run.setup()
-    transform = run.data.loader.dataset.transform
-    assert transform is not None and "RandomResizedCrop" in str(transform)
-    assert next(run.data.batches(0, 0))[0].shape[1:] == (3, 64, 64)
+    batch_crop = run.data.loader.dataset.per_picture.__self__
+    assert isinstance(batch_crop, BatchCrop) and batch_crop.crop.scale == (0.9, 1.0)
+    pixels, _, _ = next(run.data.batches(0, 0))
+    order = run.data.sampler.order(0)[:len(pixels)]
+    transform = run.built.train_transform
+    for row, index in zip(pixels, order, strict=True):
+        image = run.data.split.store.get(index)
+        top, left, h, w = seeded(sample_seed(0, 0, index), lambda im: transform.transforms[0].get_params(
+            im, (0.9, 1.0), (3 / 4, 4 / 3)), image)
+        assert 0.9 * image.width * image.height <= w * h * 1.02
+        resized = TF.resized_crop(TF.to_tensor(image), top, left, h, w, [64, 64], InterpolationMode.BILINEAR,
+                                  antialias=False)
+        expected = TF.normalize(resized, batch_crop.mean, batch_crop.std)
+        inner = (slice(None), slice(2, -2), slice(2, -2))  # at the crop's edge grid_sample reads beyond it
+        assert torch.allclose(row[inner], expected[inner], atol=1e-4)
+
+
+def test_pictures_of_several_sizes_share_one_batch():
+    import open_clip
+    from PIL import Image
+
+    import encoders  # noqa: F401
+    from train.augment import BatchCrop
+    from train.model import _transforms
+
+    train, _, _ = _transforms(open_clip.create_model("clipsearch-tiny"), 0.9)
+    batch_crop = BatchCrop.of(train)
+    wide, tall = Image.new("RGB", (120, 80), (255, 0, 0)), Image.new("RGB", (80, 100), (0, 0, 255))
+    out = batch_crop.collate([batch_crop.draw(wide), batch_crop.draw(tall)])
+    assert out.shape == (2, 3, 64, 64)
+    red = _normalized((1.0, 0.0, 0.0), batch_crop)
+    blue = _normalized((0.0, 0.0, 1.0), batch_crop)
+    assert torch.allclose(out[0], red[:, None, None].expand(3, 64, 64), atol=1e-5)  # never the padding
+    assert torch.allclose(out[1], blue[:, None, None].expand(3, 64, 64), atol=1e-5)
+
+
+def _normalized(rgb, batch_crop) -> torch.Tensor:
+    return (torch.tensor(rgb) - torch.tensor(batch_crop.mean)) / torch.tensor(batch_crop.std)
 
 
 def _resnet_holder():

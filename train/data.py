@@ -106,14 +106,14 @@ def seeded(seed: int, transform, image):
 
 
 class TrainPairs(Dataset):
-    """(epoch, index) → (augmented picture, one of its captions' tokens, pictures that failed).
+    """(epoch, index) → (the picture as ``per_picture`` makes it, one of its captions' tokens, pictures that failed).
 
-    ``transform`` None: the stored picture is handed on as it is (``ModelPictures``' uint8 array, the
-    model's input already cut; the collate function normalises the whole batch at once).
+    ``per_picture`` runs with torch's generator seeded for this sample alone: a whole transform (the
+    augmented tensor), ``BatchCrop.draw`` (the picture and its crop box), or None (the stored picture as it is).
     """
 
-    def __init__(self, split: Split, transform, seed: int):
-        self.split, self.transform, self.seed = split, transform, seed
+    def __init__(self, split: Split, per_picture, seed: int):
+        self.split, self.per_picture, self.seed = split, per_picture, seed
 
     def __len__(self) -> int:
         return len(self.split)
@@ -134,7 +134,7 @@ class TrainPairs(Dataset):
         rng = random.Random(seed)
         rows = self.split.caption_index[picked]
         tokens = self.split.tokens[rows[rng.randrange(len(rows))]].long()
-        return (image if self.transform is None else seeded(seed, self.transform, image)), tokens, failed
+        return (image if self.per_picture is None else seeded(seed, self.per_picture, image)), tokens, failed
 
 
 class EvalImages(Dataset):
@@ -196,27 +196,26 @@ def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
 
 class TrainCollate:
-    """Items → (pixels, tokens, failed): the pictures stacked (or prepared as a batch by ``pictures.collate``:
-    ``ModelPictures`` arrays, normalised in one go), the token rows optionally cut to the longest caption."""
+    """Items → (pixels, tokens, failed): ``batch_pixels`` makes the batch's input from the items' pictures
+    (None: they are tensors already, stacked); token rows optionally cut to the batch's longest caption."""
 
-    def __init__(self, pictures: ModelPictures | None = None, trim_text: bool = False):
-        self.pictures, self.trim_text = pictures, trim_text
+    def __init__(self, batch_pixels=None, trim_text: bool = False):
+        self.batch_pixels, self.trim_text = batch_pixels, trim_text
 
     def __call__(self, batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, tokens, failed = zip(*batch, strict=True)
-        pixels = self.pictures.collate(list(images)) if self.pictures is not None else torch.stack(images)
+        pixels = torch.stack(images) if self.batch_pixels is None else self.batch_pixels(list(images))
         tokens = torch.stack(tokens)
         return pixels, trim_tokens(tokens) if self.trim_text else tokens, torch.tensor(failed)
 
 
-def train_loader(split: Split, transform, sampler: EpochBatches, seed: int, workers: int,
+def train_loader(split: Split, per_picture, batch_pixels, sampler: EpochBatches, seed: int, workers: int,
                  pin_memory: bool = False, trim_text: bool = False) -> DataLoader:
-    """``trim_text``: token rows cut to the batch's longest caption (for ``TrainingTowers``); ``transform``
-    None: the split holds ``ModelPictures`` arrays, batched by their own ``collate``."""
+    """``per_picture`` in the loader, ``batch_pixels`` once per batch (``TrainPairs``, ``TrainCollate``);
+    ``trim_text``: token rows cut to the batch's longest caption (for ``TrainingTowers``)."""
     kwargs = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
-    pictures = split.store.pictures if transform is None else None
-    return DataLoader(TrainPairs(split, transform, seed), batch_sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, collate_fn=TrainCollate(pictures, trim_text), **kwargs)
+    return DataLoader(TrainPairs(split, per_picture, seed), batch_sampler=sampler, num_workers=workers,
+                      pin_memory=pin_memory, collate_fn=TrainCollate(batch_pixels, trim_text), **kwargs)
 
 
 class EvalBatch:
@@ -238,12 +237,13 @@ class RecordData:
     does not depend on which rank draws it, and a resumed run needs no state beyond the step.
     """
 
-    def __init__(self, split: Split, transform, batch_size: int, accum_steps: int, rank: int, world: int, seed: int,
-                 workers: int, pin_memory: bool = False, trim_text: bool = False):
+    def __init__(self, split: Split, per_picture, batch_pixels, batch_size: int, accum_steps: int, rank: int,
+                 world: int, seed: int, workers: int, pin_memory: bool = False, trim_text: bool = False):
         self.split, self.workers = split, workers
         self.sampler = EpochBatches(len(split), batch_size, accum_steps, rank, world, seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
-        self.loader = train_loader(split, transform, self.sampler, seed, workers, pin_memory, trim_text)
+        self.loader = train_loader(split, per_picture, batch_pixels, self.sampler, seed, workers, pin_memory,
+                                   trim_text)
 
     @property
     def in_memory(self) -> bool:
