@@ -50,6 +50,32 @@ def test_label_smoothing_is_open_clips_loss_with_smoothed_targets():
     assert torch.allclose(smoothed, expected) and not torch.allclose(smoothed, ClipLoss()(images, texts, scale))
 
 
+def test_label_smoothing_by_default_with_the_softmax_loss_only(corpus, tmp_path):
+    """The default smooths open_clip's softmax loss; SigLIP's sigmoid loss has no targets to smooth: none there,
+    and asking for it with --loss siglip is refused."""
+    from open_clip.loss import SigLipLoss
+
+    from train.config import DEFAULT_LABEL_SMOOTHING
+    from train.distributed import Dist
+    from train.errors import TrainConfigError
+    from train.loop import Run
+    from train.loss import SmoothedClipLoss
+
+    def built_loss(**kwargs):
+        run = Run(_config(data=[str(corpus)], output=str(tmp_path / kwargs.get("loss", "clip")), epochs=1, **kwargs),
+                  Dist(), time.monotonic())
+        run.setup()
+        return run.cfg.label_smoothing, run.loss_fn
+
+    smoothing, loss = built_loss()
+    assert smoothing == DEFAULT_LABEL_SMOOTHING > 0
+    assert isinstance(loss, SmoothedClipLoss) and loss.label_smoothing == DEFAULT_LABEL_SMOOTHING
+    smoothing, loss = built_loss(loss="siglip")
+    assert smoothing == 0.0 and isinstance(loss, SigLipLoss)
+    with pytest.raises(TrainConfigError, match="--label-smoothing"):
+        _config(data=[str(corpus)], output=str(tmp_path / "x"), loss="siglip", label_smoothing=0.1).validate()
+
+
 def test_the_starting_temperature_is_the_one_asked_for(corpus, tmp_path):
     from train.model import build_model
 
@@ -94,15 +120,16 @@ def test_the_default_random_crop_is_cut_for_the_whole_batch_at_once(corpus, tmp_
     run = Run(_config(data=[str(corpus)], output=str(tmp_path / "run"), epochs=1), Dist(), time.monotonic())
     run.setup()
     batch_crop = run.data.loader.dataset.per_picture.__self__
-    assert isinstance(batch_crop, BatchCrop) and batch_crop.crop.scale == (0.9, 1.0)
+    scale = (run.cfg.crop_scale, 1.0)
+    assert isinstance(batch_crop, BatchCrop) and batch_crop.crop.scale == scale and scale[0] < 1
     pixels, _, _ = next(run.data.batches(0, 0))
     order = run.data.sampler.order(0)[:len(pixels)]
     transform = run.built.train_transform
     for row, index in zip(pixels, order, strict=True):
         image = run.data.split.store.get(index)
         top, left, h, w = seeded(sample_seed(0, 0, index), lambda im: transform.transforms[0].get_params(
-            im, (0.9, 1.0), (3 / 4, 4 / 3)), image)
-        assert 0.9 * image.width * image.height <= w * h * 1.02
+            im, scale, (3 / 4, 4 / 3)), image)
+        assert scale[0] * image.width * image.height <= w * h * 1.02
         resized = TF.resized_crop(TF.to_tensor(image), top, left, h, w, [64, 64], InterpolationMode.BILINEAR,
                                   antialias=False)
         expected = TF.normalize(resized, batch_crop.mean, batch_crop.std)

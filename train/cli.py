@@ -48,9 +48,10 @@ def train_command(
     lock_text: bool = typer.Option(False, "--lock-text"),
     lock_text_unlocked_layers: int = typer.Option(0, "--lock-text-unlocked-layers"),
     loss: str = typer.Option("clip", "--loss", help="clip|siglip"),
-    crop_scale: float = typer.Option(0.9, "--crop-scale", help="Augmentation: random crops of this much to all of "
+    crop_scale: float = typer.Option(0.6, "--crop-scale", help="Augmentation: random crops of this much to all of "
                                      "a picture's area (1: none, each picture as the indexer prepares it)."),
-    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Of the softmax loss's targets."),
+    label_smoothing: float | None = typer.Option(None, "--label-smoothing", help="Of the softmax loss's targets "
+                                                 "(default 0.1 with --loss clip; 0: none)."),
     init_temperature: float | None = typer.Option(None, "--init-temperature", help="From scratch: the starting "
                                                   "softmax temperature (default CLIP's 0.07)."),
     save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps (and at each epoch)."),

@@ -11,6 +11,7 @@ from .errors import TrainConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_EPOCHS = 10
 LOSSES = ("clip", "siglip")
+DEFAULT_LABEL_SMOOTHING = 0.1  # with the softmax (clip) loss; measured in BENCHMARKS.md (bench/train_recipe.py)
 
 
 @dataclass
@@ -38,8 +39,8 @@ class TrainConfig:
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     loss: str = "clip"
-    crop_scale: float = 0.9        # random crops of crop_scale..1 of the picture's area (1: no random crop)
-    label_smoothing: float = 0.0   # of the contrastive (softmax) loss's targets
+    crop_scale: float = 0.6        # random crops of crop_scale..1 of the area (1: none); see BENCHMARKS.md
+    label_smoothing: float | None = None  # of the softmax loss's targets (None: DEFAULT_LABEL_SMOOTHING; siglip 0)
     init_temperature: float | None = None  # from scratch: the softmax temperature to start at (None: CLIP's 0.07)
     save_every: int = 0            # optimizer steps between checkpoints (0: only at each epoch)
     resume: str | None = None      # "latest" or a checkpoint file
@@ -86,7 +87,7 @@ class TrainConfig:
             problems.append(f"--loss must be one of {', '.join(LOSSES)} (got {self.loss!r})")
         if not 0.0 < self.crop_scale <= 1.0:
             problems.append(f"--crop-scale must be in (0, 1] (got {self.crop_scale})")
-        if not 0.0 <= self.label_smoothing < 1.0:
+        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
             problems.append(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
         if self.label_smoothing and self.loss != "clip":
             problems.append("--label-smoothing applies to --loss clip only")

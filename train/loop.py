@@ -18,7 +18,7 @@ import torch
 from .augment import BatchCrop
 from .budget import TimeBudget, write_seconds
 from .checkpoint import EXPORT_DIR, export_model, save_checkpoint
-from .config import DEFAULT_EPOCHS, TrainConfig
+from .config import DEFAULT_EPOCHS, DEFAULT_LABEL_SMOOTHING, TrainConfig
 from .corpus import Corpus, is_tar_pattern, read_corpus
 from .data import RecordData, build_split, split_by_image
 from .distributed import (
@@ -141,6 +141,8 @@ class Run:
             cfg.lr = LR_FINETUNE if cfg.from_weights else LR_SCRATCH
         if cfg.epochs is None and not cfg.time_budget:
             cfg.epochs = DEFAULT_EPOCHS
+        if cfg.label_smoothing is None:
+            cfg.label_smoothing = DEFAULT_LABEL_SMOOTHING if cfg.loss == "clip" else 0.0
         enable_tf32(d.device)
         seed_everything(cfg.seed)  # the same on every rank: a model from scratch starts the same everywhere
         check_model_name(cfg)
