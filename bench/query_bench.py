@@ -29,7 +29,6 @@ import os
 import platform
 import resource
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ def pct(values: list[float]) -> dict:
 def build_library(folder: Path, encoder, size: int, seed: int = 0) -> None:
     """``size`` rows with random unit vectors under the encoder's model record; 1 % of them in folder 'small'."""
     from indexer import Library
+    from indexer.store import utcnow
     from indexer.vectors import VectorIndex
 
     if (folder / "library.db").is_file():
@@ -61,18 +61,14 @@ def build_library(folder: Path, encoder, size: int, seed: int = 0) -> None:
     lib.adopt_or_check_model(encoder.fingerprint)
     rng = np.random.default_rng(seed)
     dim = encoder.dim
-    with sqlite3.connect(folder / "library.db") as c:
-        for start in range(0, size, 50_000):
-            n = min(50_000, size - start)
-            v = rng.standard_normal((n, dim), dtype=np.float32)
-            v /= np.linalg.norm(v, axis=1, keepdims=True)
-            rows = [(start + i + 1, os.fsencode(f"/synthetic/{'small' if (start + i) % 100 == 0 else 'big'}/"
-                                                f"{start + i:07d}.jpg"), 1000, 1_600_000_000_000_000_000 + start + i,
-                     f"h{start + i}", 64, 64, "ok", v[i].tobytes(), "2024-01-01 00:00:00.000000")
-                    for i in range(n)]
-            c.executemany("INSERT INTO pictures (id, path, size, mtime_ns, content_hash, width, height, status, "
-                          "vector, indexed_at) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-        c.execute("UPDATE library SET generation = generation + 1")
+    for start in range(0, size, 50_000):
+        n = min(50_000, size - start)
+        v = rng.standard_normal((n, dim), dtype=np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        lib.store.writes.commit_batch([], [
+            {"path": f"/synthetic/{'small' if (start + i) % 100 == 0 else 'big'}/{start + i:07d}.jpg", "size": 1000,
+             "mtime_ns": 1_600_000_000_000_000_000 + start + i, "content_hash": f"h{start + i}", "width": 64,
+             "height": 64, "status": "ok", "vector": v[i].tobytes(), "indexed_at": utcnow()} for i in range(n)])
     record = lib.model
     index = VectorIndex.rebuild(lib.store, dim, record.generation)
     index.save(lib.folder, lib.store)
@@ -116,15 +112,13 @@ def ensemble_eval(checkpoint: str, data: Path, out: Path) -> dict:
     import csv
 
     from encoders import PAPER_TEMPLATES, SHORT_TEMPLATES, ModelSpec, load_encoder
-    from indexer import Library, index_folders
-    from indexer.store import Picture
+    from indexer import OK, Library, index_folders
 
     encoder = load_encoder(ModelSpec.from_options(None, None, checkpoint))
     folder = out / f"eval-{encoder.fingerprint.id}"
     lib = Library.open(folder, create=True)
     index_folders(lib, encoder, [data / "images"])
-    with lib.store.session() as s:
-        rows = s.query(Picture.path, Picture.vector).filter(Picture.status == "ok").order_by(Picture.id).all()
+    rows = [r for r in lib.store.reads.export_rows(-1, 10**9, vectors=True) if r.status == OK]
     column = {os.path.realpath(r.path): i for i, r in enumerate(rows)}
     images = np.stack([np.frombuffer(r.vector, np.float32) for r in rows])
     with open(data / "captions.csv", newline="", encoding="utf-8") as f:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from userfiles import atomic_write
 
 from .indexproof import INDEX_PATTERN, belongs, proof_of
 from .store import LibraryStore
@@ -55,7 +55,7 @@ class VectorIndex:
     def rebuild(cls, store: LibraryStore, dim: int, generation: int) -> VectorIndex:
         index = cls.empty(dim, generation)
         index.rebuilt = True
-        for ids, vectors in store.iter_vectors(dim):
+        for ids, vectors in store.reads.iter_vectors(dim):
             index.index.add_with_ids(vectors, ids)
         return index
 
@@ -73,10 +73,10 @@ class VectorIndex:
                 Path(junk).unlink(missing_ok=True)
         index = None
         for _ in range(5):
-            record = store.model()
+            with store.reads.snapshot() as reads:
+                record, expected = reads.model(), reads.counts()["pictures"]
             generation = record.generation
             path = folder / INDEX_PATTERN.format(generation=generation)
-            expected = store.counts()["pictures"]
             if record.index_generation == generation and path.is_file():
                 try:
                     loaded = faiss.read_index(str(path))
@@ -84,13 +84,15 @@ class VectorIndex:
                     loaded = None
                 proof = record.index_proof()  # none in a library upgraded since: rebuilt, then saved with one
                 if loaded is not None:
-                    if belongs(loaded, proof, generation, expected, record.embed_dim, store.stored_vectors):
+                    if belongs(loaded, proof, generation, expected, record.embed_dim, store.reads.stored_vectors):
                         return cls(loaded, generation)
-                    if proof is not None and store.model().generation == generation:  # not a writer's newer file
+                    if proof is not None and store.reads.model().generation == generation:  # not a writer's newer file
                         warnings.warn(f"{path} is not the FAISS index of this library's database (another "
                                       f"library's, or an old copy): not used; rebuilt from the database", stacklevel=2)
             index = cls.rebuild(store, record.embed_dim, generation)
-            if store.model().generation == generation and index.ntotal == store.counts()["pictures"]:
+            with store.reads.snapshot() as reads:
+                unchanged = reads.model().generation == generation and index.ntotal == reads.counts()["pictures"]
+            if unchanged:
                 break  # no write happened during the rebuild: the index is exactly this generation
         if save_if_rebuilt:
             index.save(folder, store)
@@ -113,20 +115,11 @@ class VectorIndex:
     def save(self, folder: Path, store: LibraryStore) -> None:
         """Write to a temp file, rename it to this generation's name, then record it (with its proof) in the
         database."""
-        generation = store.model().generation
+        generation = store.reads.model().generation
         self.generation = generation
         target = folder / INDEX_PATTERN.format(generation=generation)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vectors.", suffix=".tmp")
-        os.close(fd)
-        try:
-            faiss.write_index(self.index, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        store.mark_index_saved(proof_of(self.index, generation))
+        atomic_write(target, lambda tmp: faiss.write_index(self.index, tmp))
+        store.writes.mark_index_saved(proof_of(self.index, generation))
         for old in glob.glob(str(folder / INDEX_PATTERN.format(generation="*"))):
             if Path(old) != target:
                 Path(old).unlink(missing_ok=True)

@@ -20,6 +20,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 LibraryOption = Annotated[str | None, typer.Option(
     "--library", help=f"Library folder (default: ${LIBRARY_ENV}, else the per-user data folder).")]
+DatabaseOption = Annotated[str | None, typer.Option(
+    "--database", help="PostgreSQL URL of the database holding the library's rows, e.g. postgresql://me@host/photos "
+    "(default: $SEARCH_DATABASE_URL, else the library folder's own SQLite file). The FAISS file and previews stay "
+    "in the library folder.", show_default=False)]
 ModelOption = Annotated[str | None, typer.Option("--model", help="open_clip architecture, e.g. ViT-B-32.")]
 PretrainedOption = Annotated[str | None, typer.Option(
     "--pretrained", help="open_clip pretrained tag, hf-hub:ORG/REPO, or 'none' for random weights.")]
@@ -115,6 +119,7 @@ def _model_spec(model, pretrained, checkpoint):
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.", show_default=False)],
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     model: ModelOption = None,
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
@@ -134,7 +139,7 @@ def index(
     from encoders import load_encoder
 
     folder = resolve_library_dir(library)
-    lib = indexer.Library.open(folder, create=True)
+    lib = indexer.Library.open(folder, create=True, database=database)
     if lib.exists() and not (model or pretrained or checkpoint):
         spec = lib.model_spec()  # keep filling the library with its own model
     else:
@@ -240,6 +245,7 @@ def query(
                                                    "with {} (default: the CLIP paper's 80).", show_default=False)]
     = None,
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     model: ModelOption = None,
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
@@ -279,7 +285,7 @@ def query(
     folder = resolve_library_dir(library)
     overridden = bool(model or pretrained or checkpoint)
     options = dict(min_score=min_score, sort=sort)
-    if not overridden:
+    if not overridden and not database:
         try:
             results = fastpath.query(folder, terms, top, filters, ensemble=ensemble, templates=template_list,
                                      **options)
@@ -291,7 +297,7 @@ def query(
     from search.engine import SearchEngine
 
     spec = _model_spec(model, pretrained, checkpoint) if overridden else None
-    engine = SearchEngine(folder, spec=spec)
+    engine = SearchEngine(folder, spec=spec, database=database)
     results = engine.query(terms=terms, top_k=top, filters=filters, ensemble=ensemble, templates=template_list,
                            **options)
     _print_results(results, json_output, paths_only, print0)
@@ -308,15 +314,16 @@ def query(
 @clean_errors
 def status(
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     failed: Annotated[bool, typer.Option("--failed", help="List the files that could not be indexed.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """What the library holds, which model filled it, and what failed."""
     from search.engine import SearchEngine
 
-    engine = SearchEngine(resolve_library_dir(library))
+    engine = SearchEngine(resolve_library_dir(library), database=database)
     info = engine.status()
-    failures = engine.library.store.failed_files() if failed else []
+    failures = engine.library.store.reads.failed_files() if failed else []
     if json_output:
         if failed:
             info["failures"] = failures
@@ -350,13 +357,14 @@ def duplicates(
     threshold: Annotated[float, typer.Option("--threshold", help="Cosine similarity at or above which two pictures "
                                              "are near-duplicates.")] = 0.95,
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Groups of near-duplicate pictures, largest first; byte-identical files are marked exact."""
     import indexer
     from search.tools import find_duplicates
 
-    lib = indexer.Library.open(resolve_library_dir(library))
+    lib = indexer.Library.open(resolve_library_dir(library), database=database)
     groups = find_duplicates(lib, threshold)
     if json_output:
         echo_json({"threshold": threshold, "groups": [g.to_dict() for g in groups]})
@@ -384,6 +392,7 @@ def tag(
                                                   help="Tag only when the best label's probability reaches this.")]
     = 0.0,
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Zero-shot tag every picture with its most likely label; then filter with `search query ... --tag LABEL`.
@@ -396,7 +405,7 @@ def tag(
 
     label_list = parse_labels(labels, labels_file)
     template_list = load_templates(templates) if templates is not None else PAPER_TEMPLATES
-    lib = indexer.Library.open(resolve_library_dir(library))
+    lib = indexer.Library.open(resolve_library_dir(library), database=database)
     encoder = load_encoder(lib.model_spec())
     summary = tag_pictures(lib, encoder, label_list, template_list, min_confidence)
     if json_output:
@@ -413,13 +422,14 @@ def remove(
     paths: Annotated[list[Path], typer.Argument(help="Files, folders or roots to forget (the files stay on disk).",
                                                 show_default=False)],
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Forget pictures, folders or whole roots: rows, vectors and tags go; files on disk are not touched."""
     import indexer
     from search.tools import remove_paths
 
-    lib = indexer.Library.open(resolve_library_dir(library))
+    lib = indexer.Library.open(resolve_library_dir(library), database=database)
     summary = remove_paths(lib, paths)
     if json_output:
         echo_json(summary.as_dict())
@@ -435,6 +445,7 @@ def reindex(
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     exclude: ExcludeOption = None,
     include_hidden: HiddenOption = False,
     batch_size: BatchOption = None,
@@ -451,7 +462,7 @@ def reindex(
 
     if not (model or pretrained or checkpoint):
         raise fail("name the new model: --model ARCH with --pretrained TAG|none, or --checkpoint PATH")
-    lib = indexer.Library.open(resolve_library_dir(library))
+    lib = indexer.Library.open(resolve_library_dir(library), database=database)
     encoder = load_encoder(_model_spec(model, pretrained, checkpoint))
     record = lib.model
     if record is not None and record.fingerprint == encoder.fingerprint.id:
@@ -479,6 +490,7 @@ def export(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE instead of standard output.",
                                                 show_default=False)] = None,
     library: LibraryOption = None,
+    database: DatabaseOption = None,
 ):
     """Every picture with its metadata (and vector) as one JSON object, for other tools."""
     import indexer
@@ -486,7 +498,7 @@ def export(
 
     if output is not None and output.is_dir():
         raise fail(f"--output {output} is a folder: name a file to write, e.g. {output / 'library.json'}")
-    lib = indexer.Library.open(resolve_library_dir(library))
+    lib = indexer.Library.open(resolve_library_dir(library), database=database)
     chunks = export_json(lib, vectors=vectors)
     if output is None:
         sys.stdout.flush()
@@ -511,6 +523,7 @@ def export(
 @clean_errors
 def run_app(
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port of the web page.")] = 8501,
     host: Annotated[str, typer.Option("--host", help="Address to bind; other machines cannot reach localhost.")]
     = "127.0.0.1",
@@ -532,7 +545,7 @@ def run_app(
         raise fail(f"--no-token serves the page to whoever reaches {host}:{port}: use it only with a --host of "
                    f"this machine (127.0.0.1 or localhost), or keep the key")
     try:
-        code = serve(resolve_library_dir(library), host, port, token=not no_token)
+        code = serve(resolve_library_dir(library), host, port, token=not no_token, database=database)
     except LaunchError as e:
         raise fail(str(e)) from None
     raise typer.Exit(code)

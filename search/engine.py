@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import select
 
 from encoders import PAPER_TEMPLATES, ClipEncoder, ModelSpec, load_encoder
 from encoders.decode import read_file
-from indexer import DecodeError, Library, LibraryError, Picture, VectorIndex, check_same_model, decode_picture
+from indexer import DecodeError, Library, LibraryError, VectorIndex, check_same_model, decode_picture
 
 from .filters import FilterError, Filters, unknown_tags_message
 from .library import resolve_library_dir
@@ -47,8 +46,8 @@ class SearchEngine:
     """
 
     def __init__(self, library: str | os.PathLike | None = None, spec: ModelSpec | None = None,
-                 encoder: ClipEncoder | None = None):
-        self.library = Library.open(resolve_library_dir(library))
+                 encoder: ClipEncoder | None = None, database: str | None = None):
+        self.library = Library.open(resolve_library_dir(library), database=database)
         record = self.library.model
         if record is None:
             raise LibraryError(f"the library at {self.library.folder} is empty: "
@@ -72,7 +71,7 @@ class SearchEngine:
     @property
     def vectors(self) -> VectorIndex:
         """The FAISS index, reloaded when the database moved on since it was read."""
-        generation = self.library.store.model().generation
+        generation = self.library.store.reads.model().generation
         if self._vectors is None or self._vectors.generation != generation:
             self._vectors = self.library.vector_index(writer=False)
         return self._vectors
@@ -104,7 +103,7 @@ class SearchEngine:
 
     def _stored_vector(self, path: str) -> np.ndarray | None:
         """The library's own vector for a file it holds unchanged: exact, and no model needed."""
-        row = self.library.store.picture_by_path(path)
+        row = self.library.store.reads.picture_by_path(path)
         if row is None or row.vector is None:
             return None
         try:
@@ -195,33 +194,22 @@ class SearchEngine:
         """How many other library rows hold exactly the bytes of this picture file."""
         if not isinstance(picture, (str, os.PathLike)):
             return 0
-        row = self.library.store.picture_by_path(os.path.abspath(picture))
+        reads = self.library.store.reads
+        row = reads.picture_by_path(os.path.abspath(picture))
         if row is None or row.content_hash is None:
             return 0
-        return self.library.store.count_with_hash(row.content_hash) - 1
+        return reads.count_with_hash(row.content_hash) - 1
 
     def matching_ids(self, filters: Filters) -> np.ndarray | None:
         """Row ids a filtered search may return (None: no filter, everything)."""
         if not filters:
             return None
+        reads = self.library.store.reads
         if filters.tags:
-            from indexer.tags import PictureTag, has_tag_tables
-
-            known = []
-            if has_tag_tables(self.library.store.engine):
-                with self.library.store.session() as s:
-                    known = list(s.scalars(select(PictureTag.tag).distinct().order_by(PictureTag.tag)))
-            message = unknown_tags_message(filters.tags, known)
+            message = unknown_tags_message(filters.tags, reads.known_tags())
             if message:
                 raise QueryError(message)
-        dialect = self.library.store.engine.dialect.name
-        with self.library.store.session() as s:
-            if filters.exts and dialect != "sqlite":
-                rows = s.execute(select(Picture.id, Picture.path).where(*filters.clauses(dialect))).all()
-                ids = [r.id for r in rows if filters.matches_ext(r.path)]
-            else:
-                ids = s.scalars(select(Picture.id).where(*filters.clauses(dialect))).all()
-        return np.asarray(ids, dtype=np.int64)
+        return reads.matching_ids(filters)
 
     def search_vector(self, vector: np.ndarray, top_k: int = 10, under: str | os.PathLike | None = None, *,
                       filters: Filters | None = None) -> list[SearchResult]:
@@ -229,7 +217,7 @@ class SearchEngine:
         filters = self.make_filters(under, filters=filters)
         within = self.matching_ids(filters)
         scores, ids = self.vectors.search(np.asarray(vector, dtype=np.float32)[None], top_k, within=within)
-        rows = self.library.store.pictures(int(i) for i in ids[0] if i >= 0)
+        rows = self.library.store.reads.pictures(int(i) for i in ids[0] if i >= 0)
         # A row deleted by a concurrent index run since the search is simply left out.
         return [SearchResult.from_row(rows[int(i)], s) for s, i in zip(scores[0], ids[0], strict=True)
                 if int(i) in rows]
@@ -249,8 +237,7 @@ class SearchEngine:
         )
 
         folder, fingerprint = self.library.folder, self.record.fingerprint
-        if self.library.read_only or not onnx_available(export=True) or \
-                self.library.store.engine.dialect.name != "sqlite":
+        if self.library.read_only or not onnx_available(export=True):
             return None
         state = export_state(folder, fingerprint)
         if state != "missing":
@@ -266,8 +253,9 @@ class SearchEngine:
 
     def status(self) -> dict:
         record = self.record
-        counts = self.library.store.counts()
-        unreadable = self.library.store.unreadable_folders()
+        reads = self.library.store.reads
+        with reads.snapshot() as r:
+            counts, unreadable, roots = r.counts(), r.unreadable_folders(), r.roots()
         return {
             "library": str(self.library.folder),
             "schema": self.library.store.schema,
@@ -275,7 +263,7 @@ class SearchEngine:
             **counts,
             "model": {"architecture": record.architecture, "weights": record.weights,
                       "fingerprint": record.fingerprint, "embed_dim": record.embed_dim},
-            "roots": [root.path for root in self.library.store.roots()],
+            "roots": roots,
             "last_indexed": record.last_indexed_at.isoformat(timespec="seconds") if record.last_indexed_at else None,
             # Folders the last run over their root could not read; the rows under them were kept as they were.
             "unreadable_folders": unreadable,

@@ -24,9 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import librarydb
 from indexer.indexproof import INDEX_PATTERN, IndexProof, belongs
-from indexer.schema import SCHEMA_VERSION
+from indexer.store import filters as filter_sql
+from indexer.store import sqlitefile as librarydb
+from indexer.store.database import DATABASE_URL_ENV
+from indexer.store.dialects import SQLite
+from indexer.store.schema import SCHEMA_VERSION
 
 from .filters import Filters, unknown_tags_message
 from .terms import SearchResult, Term, combine, ensemble_mean, finish, own_picture_first
@@ -51,7 +54,7 @@ class _Row:
 def _connect(folder: Path) -> sqlite3.Connection | None:
     """A read-only connection to the library's file at this release's schema; raises LibraryError for one that
     cannot be used."""
-    if os.environ.get(librarydb.DATABASE_URL_ENV):
+    if os.environ.get(DATABASE_URL_ENV):
         return None
     db = librarydb.locate(folder)
     if db is None:
@@ -126,7 +129,8 @@ def query(folder: str | os.PathLike, terms: Sequence[Term], top_k: int = 10, fil
         within = None
         filters = filters or Filters()
         if filters:
-            where, params = filters.sqlite_where()
+            where, params = filter_sql.where(filters, SQLite)
+            params = SQLite.parameters(params)
             try:
                 _check_tags(connection, filters.tags)
                 cursor = connection.execute(f"SELECT id FROM pictures WHERE {where}", params)

@@ -20,12 +20,13 @@ import html
 import importlib.util
 import json
 import os
-import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from userfiles import atomic_write
 
 EXPORT_VERSION = 1
 PROBE_TEXTS = ("a photo of a dog.", "golden retriever on a beach", "receipt", "Ünïcödé & emoji 🐶 test", "")
@@ -258,11 +259,15 @@ def export_text_tower(encoder, folder: str | os.PathLike) -> Path:
         def forward(self, tokens):
             return self.model.encode_text(tokens, normalize=True)
 
+    from encoders import PAPER_TEMPLATES
+
     model = encoder.model
     device = next(model.parameters()).device
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".text.", suffix=".onnx.tmp")
-    os.close(fd)
-    try:
+    meta = {"version": EXPORT_VERSION, "fingerprint": fingerprint, "architecture": encoder.fingerprint.architecture,
+            "weights": encoder.fingerprint.weights, "embed_dim": encoder.dim, "context_length": context_length,
+            "torch": torch.__version__, "templates": list(PAPER_TEMPLATES)}
+
+    def export(tmp: str) -> None:
         example = torch.from_numpy(reference_tokens[:2]).to(device)
         with warnings.catch_warnings(), torch.no_grad(), _unfused_attention():
             warnings.simplefilter("ignore")
@@ -273,21 +278,14 @@ def export_text_tower(encoder, folder: str | os.PathLike) -> Path:
                                   opset_version=17, dynamo=False)
             except Exception as e:  # an operator ONNX has no export for, or a tower the tracer cannot follow
                 raise ExportRefused(f"the text tower does not export to ONNX ({type(e).__name__})") from e
-        from encoders import PAPER_TEMPLATES
-
-        meta = {"version": EXPORT_VERSION, "fingerprint": fingerprint, "architecture": encoder.fingerprint.architecture,
-                "weights": encoder.fingerprint.weights, "embed_dim": encoder.dim, "context_length": context_length,
-                "torch": torch.__version__, "templates": list(PAPER_TEMPLATES)}
         onnx_vectors = OnnxTextEncoder(Path(tmp), meta).encode_texts(probes)
         torch_vectors = encoder.encode_texts(probes)
         cosine = float((onnx_vectors * torch_vectors).sum(axis=1).min())
         if cosine < MIN_COSINE:
             raise ExportRefused(f"ONNX text vectors differ from PyTorch (cosine {cosine:.5f} < {MIN_COSINE})")
         meta["probe_min_cosine"] = cosine
-        os.replace(tmp, model_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(model_path, export)  # verified before it replaces anything
     _write_json(meta_path, meta)
     for old in folder.glob("text.*.onnx"):  # towers of models this library no longer uses
         if old != model_path:
@@ -297,10 +295,7 @@ def export_text_tower(encoder, folder: str | os.PathLike) -> Path:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".text.", suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
 
 
 def export_state(folder: str | os.PathLike, fingerprint: str) -> str:

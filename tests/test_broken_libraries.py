@@ -21,7 +21,7 @@ from conftest import ROOT, TINY, make_pictures
 from test_folder_safety import DROP_ROOT_POWERS
 
 from indexer import IndexOptions, Library, index_folders
-from indexer.schema import SCHEMA_VERSION
+from indexer.store.schema import SCHEMA_VERSION
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -66,7 +66,7 @@ def made(tmp_path_factory, tiny_encoder) -> tuple[Path, Path]:
     (corpus / "broken.jpg").write_bytes(b"not a picture")
     library = Library.open(base / "library", create=True)
     index_folders(library, tiny_encoder, [corpus], IndexOptions(workers=0))
-    library.store.engine.dispose()  # closed: no -wal file left beside it
+    library.store.close()  # closed: no -wal file left beside it
     return corpus, library.folder
 
 
@@ -197,7 +197,7 @@ def test_a_library_damaged_after_it_was_opened_gives_one_line_too(made, library)
     from search import SearchEngine
 
     engine = SearchEngine(library)
-    engine.library.store.engine.dispose()
+    engine.library.store.close()
     with open(library / "library.db", "r+b") as f:
         f.seek(4096)
         f.write(random.Random(2).randbytes(8 * 4096))

@@ -13,11 +13,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from conftest import make_pictures, run_cli
-from sqlalchemy import select
+from conftest import library_rows, make_pictures, run_cli
 from test_index import assert_faiss_matches_db
 
-from indexer import IndexOptions, Library, Picture, index_folders
+from indexer import OK, IndexOptions, Library, index_folders
 from indexer.indexproof import index_ids, proof_of
 from search import SearchEngine, Term, fastpath
 
@@ -37,8 +36,7 @@ def saved_file(library: Library) -> Path:
 
 
 def brute_force(library: Library, vector: np.ndarray, k: int) -> list[int]:
-    with library.store.session() as s:
-        rows = s.execute(select(Picture.id, Picture.vector).where(Picture.status == "ok")).all()
+    rows = library_rows(library, OK)
     scores = {r.id: float(np.frombuffer(r.vector, np.float32) @ vector) for r in rows}
     return sorted(scores, key=lambda i: -scores[i])[:k]
 

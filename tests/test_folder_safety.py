@@ -16,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, draw_picture, make_pictures, run_cli
-from sqlalchemy import inspect, select
+from conftest import ROOT, TINY, draw_picture, library_rows, make_pictures, run_cli
 from test_index import assert_faiss_matches_db
 from test_library_schema import as_made_before_versions
 
 from indexer import OK, IndexOptions, Library, LibraryError, index_folders
 from indexer.hashes import content_hash
 from indexer.scan import ScannedFile, UnreadableFolder, scan
-from indexer.store import Picture, UnreadableFolderRecord
+from indexer.store import PictureRow
 from search import SearchEngine
 
 FAST = IndexOptions(workers=0, batch_size=2)
@@ -47,9 +46,8 @@ def run_unprivileged(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)
 
 
-def rows(library: Library) -> dict[str, Picture]:
-    with library.store.session() as s:
-        return {row.path: row for row in s.scalars(select(Picture))}
+def rows(library: Library) -> dict[str, PictureRow]:
+    return {row.path: row for row in library_rows(library)}
 
 
 def assert_rows_answer(library: Library, paths: list[Path]) -> None:
@@ -148,7 +146,8 @@ def test_a_folder_without_permission_through_the_cli_as_an_unprivileged_user(pho
                                   check=True).stdout)
     assert (readable["removed"], readable["unreadable_folders"], readable["pictures_kept"]) == (1, [], 0)
     assert "unreadable" not in run_cli("status", "--library", str(library.folder), check=True).stdout
-    assert library.store.counts()["pictures"] == 11 and SearchEngine(library.folder).status()["pictures_kept"] == 0
+    assert library.store.reads.counts()["pictures"] == 11
+    assert SearchEngine(library.folder).status()["pictures_kept"] == 0
 
 
 def test_a_symlinked_folder_whose_target_is_gone(photos, library, tiny_encoder, tmp_path):
@@ -199,11 +198,10 @@ def test_libraries_made_before_the_record_of_unreadable_folders(photos, library,
     """A library from a release before unreadable folders were recorded gets the table when it is next opened
     (the upgrade to this release's schema), and reports none until a run records some."""
     index_folders(library, tiny_encoder, [photos], FAST)
-    library.store.engine.dispose()
-    as_made_before_versions(library.folder, drop=(UnreadableFolderRecord.__tablename__,))
+    library.store.close()
+    as_made_before_versions(library.folder, drop=("unreadable_folders",))
     status = SearchEngine(library.folder).status()
     assert (status["unreadable_folders"], status["pictures_kept"], status["pictures"]) == ([], 0, 11)
-    assert inspect(library.store.engine).has_table(UnreadableFolderRecord.__tablename__)
     index_folders(Library.open(library.folder), tiny_encoder, [photos], FAST)
     assert SearchEngine(library.folder).status()["unreadable_folders"] == []
 
@@ -267,7 +265,7 @@ def assert_in_step(library: Library, root: Path, vectors_by_hash: dict[str, np.n
     held = rows(library)
     files = sorted(str(p) for p in root.rglob("*.png"))
     assert sorted(held) == files
-    kind = library.store.content_hash_kind()
+    kind = library.store.reads.content_hash_kind()
     for path, row in held.items():
         assert row.status == OK, (path, row.error)
         assert row.content_hash == content_hash(Path(path).read_bytes(), kind), path

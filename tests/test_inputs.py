@@ -251,7 +251,7 @@ def test_page_uploads_previews_and_the_indexer_share_the_bound(library, tiny_enc
     other = Library.open(base / "other_lib", create=True)
     summary = index_folders(other, tiny_encoder, [folder])
     assert summary.added == 2 and summary.failed == 1
-    assert dict(other.store.failures())[str(folder / "bomb.png")].startswith("too large to decode")
+    assert dict(other.store.reads.failures())[str(folder / "bomb.png")].startswith("too large to decode")
 
 
 # -- numbers --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from test_folder_safety import DROP_ROOT_POWERS
 
 import search.textonnx
 from indexer import Library, LibraryError, VectorIndex
-from indexer.schema import SCHEMA_VERSION
+from indexer.store.schema import SCHEMA_VERSION
 from search import SearchEngine
 
 pytestmark = pytest.mark.timeout(600)
@@ -160,7 +160,7 @@ def test_a_library_left_with_changes_in_its_wal_on_a_read_only_mount_says_so(tmp
 
     made = Library.open(tmp_path / "lib", create=True)
     index_folders(made, tiny_encoder, [corpus])
-    made.store.engine.dispose()
+    made.store.close()
     mount = small_mount("16m")
     holder = sqlite3.connect(tmp_path / "lib" / "library.db")  # a writer still running when the copy was made
     holder.execute("PRAGMA wal_autocheckpoint=0")

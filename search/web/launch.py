@@ -14,6 +14,8 @@ import webbrowser
 from html import escape
 from pathlib import Path
 
+from indexer.store.database import DATABASE_URL_ENV
+
 from .access import NO_TOKEN_FLAG, TOKEN_ENV, new_token, page_url
 
 PAGE = Path(__file__).with_name("page.py")
@@ -26,13 +28,16 @@ class LaunchError(Exception):
     """The page cannot be started as asked; the message says why."""
 
 
-def serve(library: Path, host: str, port: int, token: bool) -> int:
-    """Run the page until it stops; returns the server's exit code."""
+def serve(library: Path, host: str, port: int, token: bool, database: str | None = None) -> int:
+    """Run the page until it stops; returns the server's exit code. ``database``: the PostgreSQL URL holding the
+    library's rows (else the page finds them as every command does)."""
     check_free(host, port)
     key = new_token() if token else None
     env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
     if key:
         env[TOKEN_ENV] = key  # the environment, not argv: other users can read argv with `ps`
+    if database:
+        env[DATABASE_URL_ENV] = database  # so is the URL, which may hold a password
     command = [sys.executable, "-m", "streamlit", "run", str(PAGE), "--server.address", host, "--server.port",
                str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
                # Streamlit's welcome names the address without the key; ours below gives the link.

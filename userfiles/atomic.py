@@ -1,0 +1,45 @@
+"""Files this program writes for itself, written atomically: a reader (another process, the next run) sees the
+old file or the new one whole, never half of one, whatever crashes or runs alongside.
+
+Written to a temporary file of a unique name beside the target (so concurrent writers of the same file never
+share one), flushed to disk, renamed over the target, and the rename itself flushed (the folder's entry), so
+that after a power cut the file is the old one or the new one. On any error the temporary file is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """``write(path)`` fills a temporary file beside ``target`` (made empty, by name: FAISS, torch and safetensors
+    write by name); then it replaces ``target`` in one step."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # a filesystem that cannot open folders: the rename is as durable as it gets
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
