@@ -9,7 +9,7 @@ that after a power cut the file is the old one or the new one. On any error the 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +19,7 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> N
     write by name); then it replaces ``target`` in one step."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _new_file(target)
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -30,6 +29,18 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> N
         Path(tmp).unlink(missing_ok=True)
         raise
     _sync_folder(target.parent)
+
+
+def _new_file(target: Path) -> str:
+    """An empty file of a unique name beside ``target``, with the permissions the umask gives any new file
+    (mkstemp's 0600 would make a shared library's FAISS file or an export unreadable to the others)."""
+    while True:
+        tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def _sync_folder(folder: Path) -> None:
