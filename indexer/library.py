@@ -6,13 +6,15 @@ import contextlib
 import errno
 from collections.abc import Iterator
 from pathlib import Path
-
-from encoders import ModelFingerprint, ModelSpec
+from typing import TYPE_CHECKING
 
 from .errors import LibraryError
 from .store import LibraryStore, ModelRecord, open_store
 from .store.sqlitefile import read_only_error
 from .vectors import VectorIndex
+
+if TYPE_CHECKING:  # encoders imports torch: a query opens its library without it
+    from encoders import ModelFingerprint, ModelSpec
 
 
 class ModelMismatch(LibraryError):
@@ -53,6 +55,8 @@ class Library:
         return self.store.reads.model()
 
     def model_spec(self) -> ModelSpec:
+        from encoders import ModelSpec
+
         record = self.model
         if record is None:
             raise LibraryError(f"the library at {self.folder} is empty: "
