@@ -42,7 +42,7 @@ def test_queries_while_indexing_never_fail_or_see_torn_state(tmp_path, tiny_enco
         generations.add(engine.vectors.generation)
         assert results, "a library with pictures never answers nothing"
         assert len({r.id for r in results}) == len(results)
-        rows = engine.library.store.reads.pictures(r.id for r in results)
+        rows = engine.library.store.reads.pictures((r.id for r in results), vectors=True)
         for r in results:
             assert Path(r.path).is_relative_to(corpus)
             # the FAISS vector behind each score is the database's vector for that row: nothing torn
@@ -196,7 +196,8 @@ import os, sys, time
 from pathlib import Path
 from indexer.store import open_store
 folder = Path(sys.argv[1])
-open_store(folder).writer_lock(folder).__enter__()
+held = open_store(folder).writer_lock(folder)  # kept: collected, it would release the lock on the spot
+held.__enter__()
 if os.fork() == 0:  # a decode worker: holds the inherited lock until it notices its parent is gone
     os.close(1), os.close(2)  # not the test's pipes: only the lock
     time.sleep(1.5)

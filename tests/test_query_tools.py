@@ -17,6 +17,7 @@ import pytest
 from conftest import ROOT, both_backends, library_rows, make_pictures
 
 from indexer import Library, index_folders
+from indexer.hashes import content_hash
 from indexer.store import utcnow
 from indexer.vectors import VectorIndex
 from search import SearchEngine, Term, fastpath
@@ -62,7 +63,8 @@ def make_synthetic(folder, entries: list[dict]) -> Library:
         if "mtime_ns" in e:
             os.utime(path, ns=(e["mtime_ns"], e["mtime_ns"]))
             st = os.stat(path)
-        rows.append({"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "content_hash": e.get("hash", path),
+        rows.append({"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                     "content_hash": e.get("hash", content_hash(path.encode())),
                      "width": 10, "height": 10, "taken_at": e.get("taken_at"), "status": "ok",
                      "vector": unit(e["vector"]).tobytes(), "indexed_at": utcnow()})
     lib.store.writes.commit_batch([], rows)

@@ -12,7 +12,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from ..errors import LibraryError
+from ..errors import LibraryError, NoLibrary
 from . import sqlitefile
 from .connections import Connections
 from .dialects import LIBRARY_SCHEMA, SQLite, server
@@ -183,8 +183,8 @@ def _open_server(url: str, create: bool, schema_name: str) -> LibraryStore:
     try:
         schema = schema_of(*store.reads.server_tables_and_revision(schema_name), store.where)
         if schema is None and not create:
-            raise LibraryError(f"no library in the database at {store.where}: create one with `search index PATH "
-                               f"--database URL`")
+            raise NoLibrary(f"no library in the database at {store.where}: create one with `search index PATH "
+                            f"--database URL`")
     except BaseException:
         store.close()
         raise
