@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xxhash
+from alembic import command
 from conftest import OPENCLIPART, both_backends, draw_picture, library_rows, make_pictures
 
 from indexer import FAILED, OK, IndexOptions, Library, MissingRoot, ScanOptions, index_folders
 from indexer.indexproof import INDEX_PATTERN
+from indexer.store.migrate import config
 from search import SearchEngine
 
 
@@ -101,6 +103,12 @@ def test_content_hashes_and_libraries_made_with_the_older_hash(photos, library, 
     library.store.writes.commit_batch([  # as the version before xxh3 wrote them
         (r.id, {"content_hash": hashlib.blake2b(Path(r.path).read_bytes(), digest_size=20).hexdigest()})
         for r in rows], [])
+    with library.store.engine.connect() as connection:  # and without the kind recorded (revision 0003)
+        command.downgrade(config(connection), "0002")
+        connection.commit()
+    library.store.close()
+    library = Library.open(library.folder)  # upgraded: the kind is the one the rows hold
+    assert library.store.reads.content_hash_kind() == "blake2b-160"
     before = stored(library)
 
     moved = folder / "sub" / "renamed.png"

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..hashes import content_hash_kind
+from ..hashes import CONTENT_HASH
 from . import filters as sql_filters
 from .rows import FAILED, OK, ModelRecord, PictureRow, PictureState, as_path, retry_due
 from .schema import VERSION_TABLE
@@ -181,10 +181,10 @@ class Reads:
         return {h for (h,) in self._all("SELECT content_hash FROM pictures WHERE status = ?", [OK]) if h}
 
     def content_hash_kind(self) -> str:
-        """The hash this library's rows were made with (hashes.CONTENT_HASHES): new libraries get the
-        current one, older ones keep theirs so that moved and duplicate files are still recognised."""
-        row = self._one("SELECT content_hash FROM pictures WHERE content_hash IS NOT NULL LIMIT 1")
-        return content_hash_kind(row[0] if row else None)
+        """The hash this library's rows are made with (hashes.CONTENT_HASHES); the current one before the
+        library records its model."""
+        row = self._one("SELECT content_hash_kind FROM library ORDER BY id LIMIT 1")
+        return row[0] if row else CONTENT_HASH
 
     def embedded_copy(self, content_hash: str) -> dict | None:
         """Vector and picture facts of an embedded file with these exact bytes, to copy to a duplicate."""

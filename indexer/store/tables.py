@@ -77,6 +77,9 @@ library = Table(
     Column("index_count", BigInteger),
     Column("index_dim", Integer),
     Column("index_ids_digest", String(32)),
+    # indexer/hashes.py CONTENT_HASHES: new libraries get the current one, older ones keep theirs, so that moved
+    # and duplicate files are still recognised.
+    Column("content_hash_kind", String(16), nullable=False, server_default="xxh3-128"),
 )
 
 # Zero-shot tags: the label a picture got, with its probability, from a label set (labels + templates + model).

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import bindparam, delete, insert, update
 from sqlalchemy.engine import Connection, Engine
 
+from ..hashes import CONTENT_HASH
 from .filters import folder_range
 from .rows import utcnow
 from .tables import library, picture_tags, pictures, roots, tag_runs, unreadable_folders
@@ -48,7 +49,7 @@ class Writes:
         with self.engine.begin() as c:
             c.execute(insert(library).values(architecture=architecture, weights=weights, fingerprint=fingerprint,
                                              weights_digest=weights_digest, embed_dim=dim, created_at=utcnow(),
-                                             generation=0))
+                                             generation=0, content_hash_kind=CONTENT_HASH))
 
     def commit_batch(self, updates: Sequence[tuple[int, dict]], inserts: Sequence[dict]) -> list[int]:
         """One batch of the indexer: rows changed (by id) and rows added, with the generation bumped. Returns the
