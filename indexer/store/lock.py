@@ -60,6 +60,7 @@ class AdvisoryLock:
     """pg_advisory_lock keyed by the library's schema, held by a connection of its own that names its holder."""
 
     def __init__(self, dialect):
+        # Advisory locks belong to one database: the key needs to tell apart only the schemas within it.
         digest = hashlib.blake2b(f"clipsearch library {dialect.schema}".encode(), digest_size=8).digest()
         self.key = int.from_bytes(digest, "big", signed=True)
         self.connection = dialect.connect(application=f"{WRITER} {os.getpid()}@{socket.gethostname()}")
@@ -72,6 +73,7 @@ class AdvisoryLock:
         row = self.connection.execute(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid::bigint = %s "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.objid::bigint = %s", [(self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF]).fetchone()
         pid, _, host = row[0].removeprefix(f"{WRITER} ").partition("@") if row else ("", "", "")
         return (int(pid), host) if pid.isdigit() else None
