@@ -507,16 +507,15 @@ def export(
             stream.write(chunk)
         stream.flush()
         return
-    from userfiles import atomic_write
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as out:
+    opened = False
+    try:
+        with open(output, "wb") as out:
+            opened = True
             for chunk in chunks:
                 out.write(chunk)
-
-    try:
-        atomic_write(output, write)  # a full disk midway leaves no half export, and an older export whole
     except OSError as e:
+        if opened and output.is_file():  # no half-written export left behind (a full disk, say)
+            output.unlink(missing_ok=True)
         raise fail(f"cannot write {output}: {e.strerror or e}") from None
 
 
