@@ -15,9 +15,10 @@ written straight into SQLite; cached in --out), then prints side by side:
 With ``--before REV`` (a commit of this repository, e.g. the one before a change), that commit's tree is
 extracted into --out and run beside this one in the same run, on its own copy of the smallest library
 (each release exports its text tower in its own format): cold `search query` alternately one process of
-each, and the warm API p50 of each in a fresh process. Ratios are "before / now" (higher is better for
-now). The 1-minute load average is recorded before and after each part: figures from a busy machine are
-only comparable within one run.
+each, and the warm API of each in fresh processes taking turns (p50 of a whole query and of the text tower
+alone, ``text_vector``; the saving is before − now). Ratios are "before / now" (higher is better for now).
+The 1-minute load average is recorded before and after each part: figures from a busy machine are only
+comparable within one run.
 
     python bench/query_bench.py --ensemble-eval RUN/model [--eval-data ../shared/data/emoji-twitter]
 
@@ -132,7 +133,8 @@ def cold(sides: dict[str, tuple[Path, list[str]]], runs: int) -> dict[str, dict]
     return {label: summary(*values) for label, values in times.items()}
 
 
-# The warm API in a fresh process: the same code runs against either tree (only SearchEngine(folder).query).
+# The warm API in a fresh process: the same code runs against either tree (only SearchEngine(folder) with its
+# text_vector and query). Each round times the text tower alone (text_vector) and a whole query, new texts each.
 WARM_API = """
 import json, sys, time
 from search import SearchEngine
@@ -140,20 +142,35 @@ folder, runs, texts = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 engine = SearchEngine(folder)
 for text in ("warm up", "warm up again"):
     engine.query(text, top_k=10)
-times = []
+tower, query = [], []
 for i in range(runs):
     t = time.perf_counter()
+    engine.text_vector(texts[i % len(texts)] + f" tower {i}")
+    tower.append(time.perf_counter() - t)
+    t = time.perf_counter()
     engine.query(texts[i % len(texts)] + f" {i}", top_k=10)
-    times.append(time.perf_counter() - t)
-print(json.dumps({"times": times, "torch": "torch" in sys.modules}))
+    query.append(time.perf_counter() - t)
+print(json.dumps({"tower": tower, "query": query, "torch": "torch" in sys.modules}))
 """
 
 
-def warm_api(tree: Path, folder: Path, runs: int) -> dict:
-    load = os.getloadavg()[0]
-    _, _, result = run_in(tree, [sys.executable, "-c", WARM_API, str(folder), str(runs), json.dumps(TEXTS)])
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    return {**pct(out["times"]), "torch_imported": out["torch"], "load_avg": round((load + os.getloadavg()[0]) / 2, 2)}
+def warm_api(sides: dict[str, tuple[Path, Path]], runs: int, rounds: int = 3) -> dict[str, dict]:
+    """The warm API of each side (label → (tree, library)) in fresh processes, the sides taking turns over
+    ``rounds`` rounds (so that both see the same load), ``runs`` queries each in all."""
+    times = {label: {"tower": [], "query": [], "torch": set(), "load": []} for label in sides}
+    for _ in range(rounds):
+        for label, (tree, folder) in sides.items():
+            load = os.getloadavg()[0]
+            _, _, result = run_in(tree, [sys.executable, "-c", WARM_API, str(folder), str(max(1, runs // rounds)),
+                                         json.dumps(TEXTS)])
+            out = json.loads(result.stdout.strip().splitlines()[-1])
+            side = times[label]
+            side["tower"] += out["tower"]
+            side["query"] += out["query"]
+            side["torch"].add(out["torch"])
+            side["load"] += [load, os.getloadavg()[0]]
+    return {label: {**pct(side["query"]), "text_tower": pct(side["tower"]), "torch_imported": any(side["torch"]),
+                    "load_avg": round(float(np.mean(side["load"])), 2)} for label, side in times.items()}
 
 
 def before_tree(rev: str, out: Path) -> Path:
@@ -189,8 +206,11 @@ def side_by_side(tree: Path, folder: Path, out: Path, args) -> dict:
     entry["cold_cli_before"], entry["cold_cli_now"] = cli["before"], cli["now"]
     entry["cold_cli_ratio_before_over_now"] = round(cli["before"]["median_s"] / cli["now"]["median_s"], 3)
     entry["cold_cli_cpu_ratio_before_over_now"] = round(cli["before"]["cpu_median_s"] / cli["now"]["cpu_median_s"], 3)
-    entry["warm_api_before"] = warm_api(tree, before_library, args.runs)
-    entry["warm_api_now"] = warm_api(ROOT, folder, args.runs)
+    api = warm_api({"before": (tree, before_library), "now": (ROOT, folder)}, args.runs)
+    entry["warm_api_before"], entry["warm_api_now"] = api["before"], api["now"]
+    entry["warm_api_text_tower_p50_saved_ms"] = round(
+        api["before"]["text_tower"]["p50_ms"] - api["now"]["text_tower"]["p50_ms"], 2)
+    entry["warm_api_p50_saved_ms"] = round(api["before"]["p50_ms"] - api["now"]["p50_ms"], 2)
     entry["warm_api_p50_ratio_before_over_now"] = round(
         entry["warm_api_before"]["p50_ms"] / entry["warm_api_now"]["p50_ms"], 2)
     return entry
@@ -349,7 +369,9 @@ def main() -> None:
         for key, value in e.items():
             load = f"  load {value['load_avg']:.1f}" if isinstance(value, dict) and "load_avg" in value else ""
             if isinstance(value, dict) and "p50_ms" in value:
-                print(f"{int(size):>9,}  {key:<36} p50 {value['p50_ms']:8.2f} ms  p95 {value['p95_ms']:8.2f} ms{load}")
+                tower = f"  (text tower p50 {value['text_tower']['p50_ms']:.2f} ms)" if "text_tower" in value else ""
+                print(f"{int(size):>9,}  {key:<36} p50 {value['p50_ms']:8.2f} ms  p95 {value['p95_ms']:8.2f} ms{load}"
+                      f"{tower}")
             elif isinstance(value, dict):
                 print(f"{int(size):>9,}  {key:<36} {cold_line(value)}")
             else:

@@ -281,12 +281,16 @@ def query(
     _print_results(results, json_output, paths_only, print0)
     if engine.torch_loaded:  # the results first; then the export, so that the next text query skips torch
         sys.stdout.flush()
-        engine.prepare_text_tower()
-        if engine.text_towers.exported:
-            typer.echo("note: text queries on this library will now start faster (text model exported to ONNX)",
-                       err=True)
-        elif engine.text_towers.refusal:
-            typer.echo(f"note: text queries on this library run in PyTorch: {engine.text_towers.refusal}", err=True)
+        _export_text_tower(engine)
+
+
+def _export_text_tower(engine) -> None:
+    """Export the text tower beside the library (once), saying so, or why texts stay on PyTorch."""
+    engine.prepare_text_tower()
+    if engine.text_towers.exported:
+        typer.echo("note: text queries on this library will now start faster (text model exported to ONNX)", err=True)
+    elif engine.text_towers.refusal:
+        typer.echo(f"note: text queries on this library run in PyTorch: {engine.text_towers.refusal}", err=True)
 
 
 @app.command()

@@ -1,9 +1,10 @@
 """open_clip's BPE tokenizer (``SimpleTokenizer``) in plain Python: the same tokens, without torch.
 
 Why a copy instead of open_clip's own: `import open_clip.tokenizer` imports torch and open_clip, measured
-at 6.3 s of CPU (9.4 s wall) for the import alone on this project's 2-core machine, against 1.7 s of CPU for
-a whole cold text query; building this tokenizer takes 0.14 s. The exporter checks that it reproduces the
-model's tokens before any library uses it (export.py), and tests compare the two on awkward texts.
+by bench/query_bench.py at 8.4 s of CPU for the import alone on this project's 2-core machine, against 1.8 s
+of CPU for a whole cold text query (BENCHMARKS.md, issue 15); building this tokenizer takes 0.14 s. The
+exporter checks that it reproduces the model's tokens before any library uses it (export.py), and tests
+compare the two on awkward texts.
 
 Follows open_clip's ``tokenizer.py`` (itself from OpenAI's CLIP, MIT License, Copyright (c) 2021 OpenAI),
 with ``clean="lower"`` and truncation, returning numpy int64.
