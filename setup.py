@@ -34,7 +34,7 @@ setup(install_requires=[
     # typer 0.15 and older fail outright with click 8.2 and newer, which pip installs beside them.
     "typer>=0.26",
     "rich>=13.8",  # typer 0.26 needs it
-    # Queries start without torch: the text tower runs in ONNX Runtime (search/fastpath.py).
+    # Text queries start without torch: the text tower runs in ONNX Runtime (encoders/text/onnx_runtime.py).
     "onnxruntime>=1.20",  # the exported tower's end-token pooling is an ArgMax over int64: no kernel before 1.20
     "onnx>=1.15",
     # open_clip's own dependencies that our code imports directly (tokenizer, hub downloads, progress).

@@ -432,7 +432,6 @@ def folder_range(folder: str) -> tuple[bytes, bytes]:
 
     Every such path starts with ``folder/``; the paths starting so are those from ``folder/`` up to,
     not including, ``folder`` followed by the byte after the separator ("/" + 1 = "0").
-    search.filters.Filters.under_prefix renders the same range for the fast path (tested).
     """
     low = os.fsencode(folder.rstrip(os.sep) + os.sep)
     return low, low[:-1] + bytes([low[-1] + 1])

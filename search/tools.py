@@ -12,10 +12,10 @@ import numpy as np
 from sqlalchemy import delete, func, select
 
 from encoders import PAPER_TEMPLATES, ClipEncoder
+from encoders.files import read_text_entries
 from indexer import Library, LibraryError, Picture
 from indexer.store import OK, Root, under_clause
 from indexer.tags import PictureTag, TagRun, ensure_tag_tables, has_tag_tables
-from userfiles import read_text_entries
 
 from .output import json_bytes
 from .terms import TermError, check_text

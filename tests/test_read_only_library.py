@@ -18,7 +18,7 @@ from test_broken_libraries import contents
 from test_concurrency import small_mount  # noqa: F401  (the fixture)
 from test_folder_safety import DROP_ROOT_POWERS
 
-import search.textonnx
+import encoders.text.export
 from indexer import Library, LibraryError, VectorIndex
 from indexer.schema import SCHEMA_VERSION
 from search import SearchEngine
@@ -92,7 +92,7 @@ def test_a_finished_library_on_a_read_only_mount_answers_every_read_command(tmp_
     mount = small_mount("96m")
     library = mount / "lib"
     run_cli("index", str(corpus), "--library", str(library), *TINY, check=True)
-    run_cli("query", "a dog", "--library", str(library), check=True)  # exports the text tower: the fast path
+    run_cli("query", "a dog", "--library", str(library), check=True)  # exports the text tower for later queries
     assert list(library.glob("text.*.onnx")) and not list(library.glob("*-wal"))
     before = contents(library)
     remount(mount, "ro")
@@ -121,12 +121,12 @@ def test_readers_on_a_read_only_mount_never_try_to_write(tmp_path, small_mount, 
         raise AssertionError("a reader of a read-only library tried to write")
 
     monkeypatch.setattr(VectorIndex, "save", no_writes)
-    monkeypatch.setattr(search.textonnx, "export_text_tower", no_writes)
+    monkeypatch.setattr(encoders.text.export, "export_text_tower", no_writes)
     engine = SearchEngine(mount / "lib", encoder=tiny_encoder)
     assert engine.library.read_only and engine.status()["read_only"]
     assert engine.query(text="a red circle", top_k=3)
     assert engine.vectors.rebuilt and engine.vectors.ntotal == 12
-    assert engine.prepare_fast_queries() is None
+    assert not engine.prepare_text_tower()
 
 
 def test_another_users_library_is_read_without_writing(tmp_path, corpus):

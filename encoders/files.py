@@ -1,7 +1,8 @@
 """Reading a file a user names: a regular file only (never a FIFO or device, which could block or never
 end), and never more bytes than a cap, checked before reading.
 
-Pictures (``encoders.decode.read_file``) and small text files (prompt templates, zero-shot labels).
+Pictures (``encoders.decode.read_file``) and small text files (prompt templates, zero-shot labels). Imports
+nothing heavy: the query path reads a templates file through it without torch.
 """
 
 from __future__ import annotations
