@@ -32,16 +32,16 @@ setup(install_requires=[
     "xxhash>=3.2",  # content hashes: 0.5 ms for a 4 MB photo against 7 ms for blake2b (indexer/hashes.py)
     "simplejpeg>=1.7",  # JPEG decoding at reduced scale without Pillow's buffering (encoders/decode.py)
     "numpy>=1.25",  # faiss-cpu 1.9 needs it
-    "safetensors>=0.4",
+    "safetensors>=0.4.3",  # transformers 5.0 needs it
     # Older typer calls click APIs that current click deprecates (warnings on every command's stderr);
     # typer 0.15 and older fail outright with click 8.2 and newer, which pip installs beside them.
     "typer>=0.26",
     "rich>=13.8",  # typer 0.26 needs it
-    # Queries start without torch: the text tower runs in ONNX Runtime (search/fastpath.py).
+    # Text queries start without torch: the text tower runs in ONNX Runtime (encoders/text/onnx_runtime.py).
     "onnxruntime>=1.20",  # the exported tower's end-token pooling is an ArgMax over int64: no kernel before 1.20
     "onnx>=1.15",
     # open_clip's own dependencies that our code imports directly (tokenizer, hub downloads, progress).
-    "huggingface_hub>=0.20",
+    "huggingface_hub>=1.3",  # transformers 5.0 needs it
     # SigLIP's and SigLIP2's tokenizers are Hugging Face tokenizers: open_clip loads them through transformers.
     "transformers>=5.0",
     "regex>=2022.9.11",

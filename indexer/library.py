@@ -83,11 +83,12 @@ class Library:
                 raise storage_error(e, self.folder) or LibraryError(f"cannot lock {self.folder}: {e}") from e
             yield
 
-    def vector_index(self, writer: bool = False) -> VectorIndex:
+    def vector_index(self, writer: bool = False, memory_map: bool = False) -> VectorIndex:
         """The FAISS index. A reader that had to rebuild it saves it when it may write the library and no writer
         holds it, so that the next query loads it instead (after an upgrade, or a file that was not this
-        library's); otherwise the next writer does."""
-        index = VectorIndex.open(self.folder, self.store, save_if_rebuilt=writer)
+        library's); otherwise the next writer does. ``memory_map``: a reader that only searches (see
+        ``VectorIndex.open``)."""
+        index = VectorIndex.open(self.folder, self.store, save_if_rebuilt=writer, memory_map=memory_map and not writer)
         if not writer and index.rebuilt and not self.read_only:
             try:
                 with self.writer_lock(wait=0):

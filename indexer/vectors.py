@@ -11,10 +11,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from userfiles import atomic_write
+from encoders.files import atomic_write
 
 from .indexproof import INDEX_PATTERN, belongs, proof_of
 from .store import LibraryStore
+
+# The vectors stay in the file (IO_FLAG_MMAP_IFC: IO_FLAG_MMAP alone still copies a flat index into memory).
+READ_ONLY_MAP = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
 
 
 def _gpu_count() -> int:
@@ -60,8 +63,12 @@ class VectorIndex:
         return index
 
     @classmethod
-    def open(cls, folder: Path, store: LibraryStore, save_if_rebuilt: bool) -> VectorIndex:
+    def open(cls, folder: Path, store: LibraryStore, save_if_rebuilt: bool, memory_map: bool = False) -> VectorIndex:
         """The index matching the database: the saved file if it is current, else rebuilt from rows.
+
+        ``memory_map``: the saved file is mapped read-only instead of read into memory, for a reader that
+        only searches (the query engine): no copy of the vectors, and the page cache is shared between
+        processes (a 1M-vector file maps in 0.19 s where reading it takes 7.4 s; DESIGN.md).
 
         Only a writer (holding the library lock) may save; readers rebuild in memory. A reader
         racing a writer never fails and never mixes two states: the saved file may vanish
@@ -79,7 +86,7 @@ class VectorIndex:
             path = folder / INDEX_PATTERN.format(generation=generation)
             if record.index_generation == generation and path.is_file():
                 try:
-                    loaded = faiss.read_index(str(path))
+                    loaded = faiss.read_index(str(path), READ_ONLY_MAP if memory_map else 0)
                 except RuntimeError:  # replaced and deleted by a writer between the check and the read
                     loaded = None
                 proof = record.index_proof()  # none in a library upgraded since: rebuilt, then saved with one
@@ -131,15 +138,17 @@ class VectorIndex:
             self._gpu_index = faiss.index_cpu_to_all_gpus(self.index)
         return self._gpu_index
 
-    def search(self, queries: np.ndarray, k: int, within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query; ``within`` restricts the search to those ids inside FAISS."""
+    def search(self, queries: np.ndarray, k: int, within: np.ndarray | None = None,
+               gpu: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query; ``within`` restricts the search to those ids inside FAISS. ``gpu``: on
+        the GPU copy of the index when there is a device (a one-shot query does not: copying takes longer)."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = min(k, self.ntotal if within is None else len(within))
         if k <= 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
         with _one_thread_for_one_query(len(queries)):
             if within is None:
-                return self._searcher().search(queries, k)
+                return (self._searcher() if gpu else self.index).search(queries, k)
             # Id selectors run on the CPU index; a scoped search touches few vectors anyway.
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(within, dtype=np.int64))
             return self.index.search(queries, k, params=faiss.SearchParameters(sel=selector))

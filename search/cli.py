@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -46,11 +45,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 # Failures with a message meant for the user. Looked up among the modules already loaded, so
-# that handling them never imports torch (`import encoders` takes seconds): an exception of a
-# module that was never imported cannot have been raised.
+# that handling them never imports what the command did not need (torch takes seconds): an
+# exception of a module that was never imported cannot have been raised.
 KNOWN_ERRORS = (("encoders.spec", "ModelError"), ("indexer.errors", "LibraryError"), ("search.terms", "TermError"),
-                ("search.filters", "FilterError"), ("search.fastpath", "FastQueryError"),
-                ("userfiles.read", "InputFileError"))
+                ("search.filters", "FilterError"), ("encoders.files", "InputFileError"))
 
 
 def _known_errors() -> tuple[type, ...]:
@@ -257,9 +255,9 @@ def query(
                                          "byte: the exact bytes of every name, for scripts (xargs -0).")] = False,
 ):
     """Rank the library's pictures by similarity to a text, a picture, or a weighted mix of them."""
-    from userfiles import InputFileError, load_templates
+    from encoders import InputFileError, load_templates
 
-    from . import fastpath
+    from .engine import SearchEngine
     from .filters import FilterError, Filters
     from .terms import TermError, check_score, parse_terms
 
@@ -282,32 +280,23 @@ def query(
         raise fail(str(e)) from None
     if not terms:
         raise fail("nothing to search for: give a TEXT, --image PATH, or both")
-    folder = resolve_library_dir(library)
-    overridden = bool(model or pretrained or checkpoint)
-    options = dict(min_score=min_score, sort=sort)
-    if not overridden and not database:
-        try:
-            results = fastpath.query(folder, terms, top, filters, ensemble=ensemble, templates=template_list,
-                                     **options)
-        except (TermError, fastpath.FastQueryError) as e:
-            raise fail(str(e)) from None
-        if results is not None:
-            _print_results(results, json_output, paths_only, print0)
-            return
-    from search.engine import SearchEngine
-
-    spec = _model_spec(model, pretrained, checkpoint) if overridden else None
-    engine = SearchEngine(folder, spec=spec, database=database)
-    results = engine.query(terms=terms, top_k=top, filters=filters, ensemble=ensemble, templates=template_list,
-                           **options)
+    spec = _model_spec(model, pretrained, checkpoint) if (model or pretrained or checkpoint) else None
+    engine = SearchEngine(resolve_library_dir(library), spec=spec, one_shot=True, database=database)
+    results = engine.query(terms=terms, top_k=top, filters=filters, min_score=min_score, sort=sort,
+                           ensemble=ensemble, templates=template_list)
     _print_results(results, json_output, paths_only, print0)
-    if not overridden and engine._encoder is not None and not os.environ.get(fastpath.DISABLE_ENV):
+    if engine.torch_loaded:  # the results first; then the export, so that the next text query skips torch
         sys.stdout.flush()
-        if engine.prepare_fast_queries() is not None:
-            typer.echo("note: text queries on this library will now start faster (text model exported to ONNX)",
-                       err=True)
-        elif engine.fast_query_refusal:
-            typer.echo(f"note: text queries on this library run in PyTorch: {engine.fast_query_refusal}", err=True)
+        _export_text_tower(engine)
+
+
+def _export_text_tower(engine) -> None:
+    """Export the text tower beside the library (once), saying so, or why texts stay on PyTorch."""
+    engine.prepare_text_tower()
+    if engine.text_towers.exported:
+        typer.echo("note: text queries on this library will now start faster (text model exported to ONNX)", err=True)
+    elif engine.text_towers.refusal:
+        typer.echo(f"note: text queries on this library run in PyTorch: {engine.text_towers.refusal}", err=True)
 
 
 @app.command()

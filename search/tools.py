@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from encoders import PAPER_TEMPLATES, ClipEncoder
+from encoders.files import read_text_entries
 from indexer import Library, LibraryError
-from userfiles import read_text_entries
 
 from .output import json_bytes
 from .terms import TermError, check_text

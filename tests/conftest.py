@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import json
 import os
 import random
 import shutil
@@ -175,3 +176,39 @@ def next_library(request, monkeypatch):
 
 # A library test that runs on both backends (conftest.backend).
 both_backends = pytest.mark.usefixtures("backend")
+
+
+# Many commands in one process (a process per command imports torch again each time): typer's own test runner
+# calls the CLI as the console script does. The API (what the page and scripts call) opens the library last and
+# answers with the error's class and message.
+_COMMANDS_IN_ONE_PROCESS = """
+import json, sys
+from typer.testing import CliRunner
+from search.cli import app
+from search import SearchEngine
+library, commands = sys.argv[1], json.loads(sys.argv[2])
+out = {}
+for name, args in commands.items():
+    result = CliRunner().invoke(app, [*args, "--library", library])
+    crash = result.exception is not None and not isinstance(result.exception, SystemExit)
+    out[name] = [result.exit_code, result.stdout, result.stderr + (f"Traceback: {result.exception!r}\\n" * crash)]
+try:
+    SearchEngine(library)
+    out["api"] = [0, "", ""]
+except Exception as e:
+    out["api"] = [2, "", f"{type(e).__name__}: {e}\\n"]
+print(json.dumps(out))
+"""
+
+
+def run_cli_commands(library: Path, commands: dict[str, list[str]],
+                     prefix: tuple[str, ...] = ()) -> dict[str, subprocess.CompletedProcess]:
+    """Each named `search` command on one library, all in one fresh process (`python *prefix -c ...`: a prefix
+    may give up root's powers first). An uncaught exception shows in stderr as "Traceback: ..."; "api" is opening
+    the library through SearchEngine."""
+    process = subprocess.run([sys.executable, *prefix, "-c", _COMMANDS_IN_ONE_PROCESS, str(library),
+                              json.dumps(commands)], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                             env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert process.returncode == 0, process.stderr
+    return {name: subprocess.CompletedProcess(commands.get(name, name), code, stdout, stderr)
+            for name, (code, stdout, stderr) in json.loads(process.stdout).items()}

@@ -1,4 +1,4 @@
-"""userfiles.atomic_write: the one way this program replaces a file of its own (FAISS, previews, ONNX sidecars,
+"""encoders.files.atomic_write: the one way this program replaces a file of its own (FAISS, previews, ONNX sidecars,
 checkpoints, exports)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from userfiles import atomic_write
+from encoders.files import atomic_write
 
 
 def test_a_file_is_replaced_whole_with_the_permissions_of_any_new_file(tmp_path):

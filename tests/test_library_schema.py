@@ -130,8 +130,8 @@ def test_a_library_made_before_versions_is_upgraded_in_place_and_answers_as_it_d
     folder = legacy_library(tmp_path)
     before = schema_sql(folder / "library.db")
     assert not any(name == "alembic_version" for _, name, _ in before)
-    # The first command to open it (a query, which the fast path leaves to the engine here) upgrades it.
-    result = run_cli("query", "a red circle", "--library", str(folder), "--json", env={"SEARCH_NO_FAST_PATH": "1"})
+    # The first command to open it (a query) upgrades it.
+    result = run_cli("query", "a red circle", "--library", str(folder), "--json")
     assert result.returncode == 0, result.stderr
     expected = json.loads((LEGACY / "query-a-red-circle.json").read_text())["results"]
     got = json.loads(result.stdout)["results"]

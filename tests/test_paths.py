@@ -43,7 +43,7 @@ def fs(path: bytes) -> str:
 def named(tmp_path_factory, tiny_encoder):
     """A library of two roots (one whose own name is not UTF-8) holding every kind of name, and the bytes
     of every picture path."""
-    pytest.importorskip("onnxruntime", reason="the fast path needs onnxruntime (and onnx to export)")
+    pytest.importorskip("onnxruntime", reason="the ONNX text tower needs onnxruntime (and onnx to export)")
     pytest.importorskip("onnx")
     base = os.fsencode(tmp_path_factory.mktemp("paths"))
     roots = [base + b"/pics", base + b"/more\xff"]
@@ -55,7 +55,7 @@ def named(tmp_path_factory, tiny_encoder):
         paths.add(path)
     lib = Library.open(Path(fs(base + b"/lib")), create=True)
     index_folders(lib, tiny_encoder, [Path(fs(r)) for r in roots])
-    assert SearchEngine(lib.folder, encoder=tiny_encoder).prepare_fast_queries() is not None
+    assert SearchEngine(lib.folder, encoder=tiny_encoder).prepare_text_tower()
     return lib, roots, paths
 
 
@@ -143,9 +143,9 @@ def test_under_finds_exactly_the_folder_on_every_path(named, tiny_encoder, folde
     if expected is not None:
         assert want == sorted(base + b"/" + e for e in expected)
     before = snapshot(lib.folder)
-    fast = run_bytes("query", "a picture", "--under", under, "--top", "50", "--print0", *library_args(lib))
-    assert fast.returncode == 0, fast.stderr
-    assert sorted(fast.stdout.split(b"\0")[:-1]) == want
+    shown = run_bytes("query", "a picture", "--under", under, "--top", "50", "--print0", *library_args(lib))
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(shown.stdout.split(b"\0")[:-1]) == want
     engine = SearchEngine(lib.folder, encoder=tiny_encoder)
     assert sorted(os.fsencode(r.path) for r in engine.query("a picture", under=fs(under), top_k=50)) == want
     ids = lib.store.reads.matching_ids(Filters.make(under=fs(under)))
@@ -177,7 +177,6 @@ def test_json_is_utf8_under_any_locale_and_gives_the_exact_bytes_back(named, tmp
     answers = {
         "query": run_bytes("query", "a picture", "--top", "50", "--json", *L),
         "query picture": run_bytes("query", "--image", own, "--top", "50", "--json", *L),
-        "query engine": run_bytes("query", "a picture", "--top", "50", "--json", *L, env={"SEARCH_NO_FAST_PATH": "1"}),
         "duplicates": run_bytes("duplicates", "--threshold", "-1", "--json", *L),
         "export": run_bytes("export", *L),
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from userfiles import atomic_write
+from encoders.files import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "model"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from userfiles import atomic_write
+from encoders.files import atomic_write
 
 from .budget import TimeBudget, write_seconds
 from .checkpoint import EXPORT_DIR, export_model, save_checkpoint

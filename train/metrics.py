@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from userfiles import atomic_write
+from encoders.files import atomic_write
 
 
 def missing(piece: str, package: str, error: BaseException) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,8 @@ def serve(library: Path, host: str, port: int, token: bool, database: str | None
                "--logger.hideWelcomeMessage", "true", "--", "--library", str(library)]
     if not key:
         command.append(NO_TOKEN_FLAG)
+    # A service manager's SIGTERM ends the server and removes the private folder (its forwarding file holds the key).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="clipsearch-app-") as private:
         process = subprocess.Popen(command, env=env)
         try:
@@ -55,9 +58,13 @@ def serve(library: Path, host: str, port: int, token: bool, database: str | None
                       "who opens this address sees your pictures. Ctrl-C stops the page.", flush=True)
                 open_in_browser(url, Path(private))
             return process.wait()
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C or SIGTERM
             stop(process)
             raise
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def check_free(host: str, port: int) -> None:
@@ -113,7 +120,7 @@ def _open(uri: str) -> None:
 
 
 def stop(process: subprocess.Popen) -> None:
-    """Ctrl-C: Streamlit got it too when it came from the terminal; make sure it ends, politely first."""
+    """Ctrl-C or SIGTERM: Streamlit may have got it too; make sure it ends, politely first."""
     process.terminate()
     try:
         process.wait(timeout=15)

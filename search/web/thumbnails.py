@@ -19,8 +19,8 @@ from pathlib import Path
 from PIL import Image
 
 from encoders.decode import read_file
+from encoders.files import atomic_write
 from indexer import DecodeError, Library, decode_picture
-from userfiles import atomic_write
 
 from .served import OutsideLibrary, inside_roots, real_roots
 
