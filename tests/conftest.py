@@ -191,7 +191,9 @@ out = {}
 for name, args in commands.items():
     result = CliRunner().invoke(app, [*args, "--library", library])
     crash = result.exception is not None and not isinstance(result.exception, SystemExit)
-    out[name] = [result.exit_code, result.stdout, result.stderr + (f"Traceback: {result.exception!r}\\n" * crash)]
+    # surrogateescape, not click's "replace": bytes that are not UTF-8 come back exact (test_paths)
+    stdout, stderr = (b.decode("utf-8", "surrogateescape") for b in (result.stdout_bytes, result.stderr_bytes))
+    out[name] = [result.exit_code, stdout, stderr + (f"Traceback: {result.exception!r}\\n" * crash)]
 try:
     SearchEngine(library)
     out["api"] = [0, "", ""]
@@ -201,14 +203,14 @@ print(json.dumps(out))
 """
 
 
-def run_cli_commands(library: Path, commands: dict[str, list[str]],
-                     prefix: tuple[str, ...] = ()) -> dict[str, subprocess.CompletedProcess]:
+def run_cli_commands(library: Path, commands: dict[str, list[str]], prefix: tuple[str, ...] = (),
+                     env: dict[str, str] | None = None) -> dict[str, subprocess.CompletedProcess]:
     """Each named `search` command on one library, all in one fresh process (`python *prefix -c ...`: a prefix
     may give up root's powers first). An uncaught exception shows in stderr as "Traceback: ..."; "api" is opening
-    the library through SearchEngine."""
+    the library through SearchEngine. `env` adds variables to that one process's environment (e.g. a locale)."""
     process = subprocess.run([sys.executable, *prefix, "-c", _COMMANDS_IN_ONE_PROCESS, str(library),
                               json.dumps(commands)], capture_output=True, text=True, cwd=ROOT, timeout=600,
-                             env={**os.environ, "PYTHONWARNINGS": "default"})
+                             env={**os.environ, "PYTHONWARNINGS": "default", **(env or {})})
     assert process.returncode == 0, process.stderr
     return {name: subprocess.CompletedProcess(commands.get(name, name), code, stdout, stderr)
             for name, (code, stdout, stderr) in json.loads(process.stdout).items()}
