@@ -8,13 +8,17 @@ import glob
 import warnings
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from encoders.files import atomic_write
 
 from .indexproof import INDEX_PATTERN, belongs, proof_of
 from .store import LibraryStore
+
+with warnings.catch_warnings():
+    # faiss 1.11-1.13 wheels (built with SWIG 4.3) warn about their own types when imported: nothing to act on.
+    warnings.filterwarnings("ignore", "builtin type .* has no __module__ attribute", DeprecationWarning)
+    import faiss
 
 # The vectors stay in the file (IO_FLAG_MMAP_IFC: IO_FLAG_MMAP alone still copies a flat index into memory).
 READ_ONLY_MAP = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY

@@ -76,6 +76,18 @@ def photos(tmp_path):
     return root
 
 
+def fail_to_list(monkeypatch, folder: Path, code: int) -> None:
+    """Listing ``folder`` fails with ``code`` (the scan lists folders with os.scandir); others list as usual."""
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if os.fspath(path) == str(folder):
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
 def test_an_io_error_on_a_folder_keeps_its_rows_until_it_reads_again(photos, library, tiny_encoder, monkeypatch):
     index_folders(library, tiny_encoder, [photos], FAST)
     failing = photos / "b"
@@ -83,14 +95,7 @@ def test_an_io_error_on_a_folder_keeps_its_rows_until_it_reads_again(photos, lib
     kept[0].unlink()  # deleted while its folder cannot be read: unknown to the run, so kept
     (photos / "pic000.png").unlink()  # deleted in a folder that was read: gone
     shutil.rmtree(photos / "c")  # a whole folder gone from a folder that was read: gone
-    real_scandir = os.scandir
-
-    def scandir(path):
-        if os.fspath(path) == str(failing):
-            raise OSError(errno.EIO, os.strerror(errno.EIO), os.fspath(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)  # the scan lists folders with it
+    fail_to_list(monkeypatch, failing, errno.EIO)
     summary = index_folders(library, tiny_encoder, [photos], FAST)
     assert (summary.removed, summary.added, summary.pictures_kept) == (4, 0, 3)
     assert summary.unreadable_folders == [{"path": str(failing), "error": "Input/output error", "pictures_kept": 3}]
@@ -181,14 +186,7 @@ def test_a_symlinked_folder_whose_target_is_gone(photos, library, tiny_encoder, 
 def test_an_unreadable_root_keeps_everything(photos, library, tiny_encoder, monkeypatch):
     index_folders(library, tiny_encoder, [photos], FAST)
 
-    real_scandir = os.scandir
-
-    def scandir(path):
-        if os.fspath(path) == str(photos):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)  # the scan lists folders with it
+    fail_to_list(monkeypatch, photos, errno.EACCES)
     summary = index_folders(library, tiny_encoder, [photos], FAST)
     assert (summary.removed, summary.pictures_kept, len(rows(library))) == (0, 11, 11)
     assert [f["path"] for f in summary.unreadable_folders] == [str(photos)]

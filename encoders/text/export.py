@@ -45,7 +45,7 @@ def _tokenizer_settings(encoder) -> int:
 
 
 @contextlib.contextmanager
-def _unfused_attention():
+def unfused_attention():
     """nn.MultiheadAttention's fused inference kernel has no ONNX export; the plain path computes the same.
 
     PyTorch takes the fused kernel when there is no attention mask, as in the text towers of
@@ -76,7 +76,7 @@ def _export_graph(encoder, tokens: np.ndarray, graph: Path, weights_name: str) -
 
     device = next(encoder.model.parameters()).device
     example = torch.from_numpy(tokens[:2]).to(device)
-    with warnings.catch_warnings(), torch.no_grad(), _unfused_attention():
+    with warnings.catch_warnings(), torch.no_grad(), unfused_attention():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(TextTower(encoder.model).eval(), (example,), str(graph), input_names=["tokens"],
