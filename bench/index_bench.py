@@ -283,6 +283,8 @@ def _measure_onnx(encoder, x, reference, seconds: float) -> dict:
     try:
         import onnxruntime as ort
         import torch
+
+        from encoders.text.export import unfused_attention
     except ImportError as e:
         return {"skipped": f"onnxruntime not installed ({e})"}
 
@@ -297,10 +299,10 @@ def _measure_onnx(encoder, x, reference, seconds: float) -> dict:
     path = Path(tempfile.mkdtemp(prefix="index-bench-onnx-")) / "visual.onnx"
     try:
         started = time.perf_counter()
-        torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX export
-        torch.onnx.export(Visual(encoder.model).eval(), (x,), str(path), input_names=["pixels"],
-                          output_names=["features"], dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}},
-                          opset_version=17, dynamo=False)
+        with unfused_attention():
+            torch.onnx.export(Visual(encoder.model).eval(), (x,), str(path), input_names=["pixels"],
+                              output_names=["features"], dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}},
+                              opset_version=17, dynamo=False)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = os.cpu_count() or 1
@@ -314,7 +316,6 @@ def _measure_onnx(encoder, x, reference, seconds: float) -> dict:
     except Exception as e:
         return {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     finally:
-        torch.backends.mha.set_fastpath_enabled(True)
         shutil.rmtree(path.parent, ignore_errors=True)
 
 

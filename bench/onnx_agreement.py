@@ -1,4 +1,6 @@
-"""How closely the ONNX text tower (the CLI's fast path) agrees with PyTorch: the README's "same results".
+"""How closely the ONNX text tower (what the query engine runs texts through) agrees with PyTorch's.
+
+The README's "same results"; tests/test_query_tools.py holds the tiny model to the same measures.
 
     python bench/onnx_agreement.py [--model clipsearch-tiny|ViT-B-32 ...] [--pictures 20000]
 
@@ -12,10 +14,8 @@ prompts get the identical top-10 in the identical order.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -25,15 +25,15 @@ LABELS = ("dog", "cat", "red bicycle", "beach at sunset", "receipt", "screenshot
 
 def agreement(model: str, pictures: int) -> dict:
     from encoders import PAPER_TEMPLATES, ModelSpec, load_encoder
-    from search.textonnx import OnnxTextEncoder, export_text_tower, sidecar_paths
+    from encoders.text.export import export_text_tower
+    from encoders.text.onnx_runtime import OnnxTextEncoder
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         encoder = load_encoder(ModelSpec.from_options(model, "none", None))
     with tempfile.TemporaryDirectory() as folder:
         export_text_tower(encoder, folder)
-        path, meta_path = sidecar_paths(Path(folder), encoder.fingerprint.id)
-        onnx = OnnxTextEncoder(path, json.loads(meta_path.read_text()))
+        onnx = OnnxTextEncoder.for_library(folder, encoder.fingerprint.id)
         texts = [t.format(label) for label in LABELS for t in PAPER_TEMPLATES[:20]]
         fast, slow = onnx.encode_texts(texts), encoder.encode_texts(texts)
     cosines = (fast * slow).sum(axis=1)

@@ -55,7 +55,7 @@ def main() -> None:
     omp_wait_policy = os.environ.get("OMP_WAIT_POLICY")  # as the user's environment has it (read by torch's import)
     if args.model not in open_clip.list_models():  # our own configs (clipsearch-tiny) register on import
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        import encoders  # noqa: F401
+        import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None)
     model.eval()
     loader = torch.utils.data.DataLoader(Files(files, preprocess), batch_size=args.batch_size,

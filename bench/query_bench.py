@@ -1,17 +1,24 @@
 """Query latency: warm Python API, FAISS at 100k / 1M vectors, and the cold `search query` command.
 
     python bench/query_bench.py [--sizes 100000 1000000] [--model ViT-B-32 --pretrained none] [--runs 30]
+                                [--before REV]
 
 Builds a synthetic library per size (random unit vectors under a real model record, rows
 written straight into SQLite; cached in --out), then prints side by side:
 
-- warm API: ``SearchEngine.query(text)`` p50/p95 (PyTorch text tower + filtered/unfiltered FAISS + rows);
-- warm text tower: PyTorch vs the exported ONNX tower (what the CLI's fast path runs);
+- warm text tower: PyTorch vs the exported ONNX tower (what the engine runs for texts);
+- warm API: ``SearchEngine.query(text)`` p50/p95 (text tower + filtered/unfiltered FAISS + rows);
 - FAISS alone: exact search p50/p95, unfiltered and with a 1 % id selector (a small folder);
-- cold CLI: wall time of a whole `search query "..."` process, fast path (ONNX, no torch)
-  vs the plain PyTorch path (SEARCH_NO_FAST_PATH=1), and `search --help`.
+- cold CLI: wall and CPU time of a whole `search query "..."` process, and `search --help`;
+- the import of open_clip's own tokenizer, which the pure-Python copy avoids.
 
-Ratios are "plain PyTorch path / ours" (higher is better for us).
+With ``--before REV`` (a commit of this repository, e.g. the one before a change), that commit's tree is
+extracted into --out and run beside this one in the same run, on its own copy of the smallest library
+(each release exports its text tower in its own format): cold `search query` alternately one process of
+each, and the warm API of each in fresh processes taking turns (p50 of a whole query and of the text tower
+alone, ``text_vector``; the saving is before − now). Ratios are "before / now" (higher is better for now).
+The 1-minute load average is recorded before and after each part: figures from a busy machine are only
+comparable within one run.
 
     python bench/query_bench.py --ensemble-eval RUN/model [--eval-data ../shared/data/emoji-twitter]
 
@@ -29,7 +36,6 @@ import os
 import platform
 import resource
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -51,6 +57,7 @@ def pct(values: list[float]) -> dict:
 def build_library(folder: Path, encoder, size: int, seed: int = 0) -> None:
     """``size`` rows with random unit vectors under the encoder's model record; 1 % of them in folder 'small'."""
     from indexer import Library
+    from indexer.store import utcnow
     from indexer.vectors import VectorIndex
 
     if (folder / "library.db").is_file():
@@ -61,18 +68,14 @@ def build_library(folder: Path, encoder, size: int, seed: int = 0) -> None:
     lib.adopt_or_check_model(encoder.fingerprint)
     rng = np.random.default_rng(seed)
     dim = encoder.dim
-    with sqlite3.connect(folder / "library.db") as c:
-        for start in range(0, size, 50_000):
-            n = min(50_000, size - start)
-            v = rng.standard_normal((n, dim), dtype=np.float32)
-            v /= np.linalg.norm(v, axis=1, keepdims=True)
-            rows = [(start + i + 1, os.fsencode(f"/synthetic/{'small' if (start + i) % 100 == 0 else 'big'}/"
-                                                f"{start + i:07d}.jpg"), 1000, 1_600_000_000_000_000_000 + start + i,
-                     f"h{start + i}", 64, 64, "ok", v[i].tobytes(), "2024-01-01 00:00:00.000000")
-                    for i in range(n)]
-            c.executemany("INSERT INTO pictures (id, path, size, mtime_ns, content_hash, width, height, status, "
-                          "vector, indexed_at) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-        c.execute("UPDATE library SET generation = generation + 1")
+    for start in range(0, size, 50_000):
+        n = min(50_000, size - start)
+        v = rng.standard_normal((n, dim), dtype=np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        lib.store.writes.commit_batch([], [
+            {"path": f"/synthetic/{'small' if (start + i) % 100 == 0 else 'big'}/{start + i:07d}.jpg", "size": 1000,
+             "mtime_ns": 1_600_000_000_000_000_000 + start + i, "content_hash": f"h{start + i}", "width": 64,
+             "height": 64, "status": "ok", "vector": v[i].tobytes(), "indexed_at": utcnow()} for i in range(n)])
     record = lib.model
     index = VectorIndex.rebuild(lib.store, dim, record.generation)
     index.save(lib.folder, lib.store)
@@ -87,22 +90,126 @@ def timed(fn, runs: int) -> list[float]:
     return out
 
 
-def cold_cli(args: list[str], env: dict, runs: int) -> dict:
-    command = [str(Path(sys.executable).with_name("search")), *args]
-    times, cpu = [], []
-    for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT)
-        times.append(time.perf_counter() - t)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)}: {result.stderr}")
+def search_command(*args: str) -> list[str]:
+    """`search ARGS` as its console script runs it, from the tree ``run_in`` runs it in."""
+    return [sys.executable, "-c", "import sys; from search.cli import main; sys.exit(main())", *args]
+
+
+def run_in(tree: Path, command: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall s, CPU s of the process, result) of one process running ``tree``'s code."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tree)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} (in {tree}): {result.stderr}")
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, result
+
+
+def summary(times: list[float], cpu: list[float], loads: list[float]) -> dict:
     a = np.asarray(times)
     # On a busy machine wall time mostly measures the wait for a core; CPU time (user+sys) does not.
     return {"median_s": round(float(np.median(a)), 3), "min_s": round(float(a.min()), 3),
-            "max_s": round(float(a.max()), 3), "cpu_median_s": round(float(np.median(cpu)), 3), "runs": runs}
+            "max_s": round(float(a.max()), 3), "cpu_median_s": round(float(np.median(cpu)), 3), "runs": len(a),
+            "load_avg": round(float(np.mean(loads)), 2)}
+
+
+def cold(sides: dict[str, tuple[Path, list[str]]], runs: int) -> dict[str, dict]:
+    """Whole processes (label → (tree, command)), one of each side in turn (so all see the same load), ``runs``
+    of each."""
+    times = {label: ([], [], []) for label in sides}
+    for _ in range(runs):
+        for label, (tree, command) in sides.items():
+            load = os.getloadavg()[0]
+            wall, cpu, _ = run_in(tree, command)
+            for values, value in zip(times[label], (wall, cpu, load), strict=True):
+                values.append(value)
+    return {label: summary(*values) for label, values in times.items()}
+
+
+# The warm API in a fresh process: the same code runs against either tree (only SearchEngine(folder) with its
+# text_vector and query). Each round times the text tower alone (text_vector) and a whole query, new texts each.
+WARM_API = """
+import json, sys, time
+from search import SearchEngine
+folder, runs, texts = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+engine = SearchEngine(folder)
+for text in ("warm up", "warm up again"):
+    engine.query(text, top_k=10)
+tower, query = [], []
+for i in range(runs):
+    t = time.perf_counter()
+    engine.text_vector(texts[i % len(texts)] + f" tower {i}")
+    tower.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    engine.query(texts[i % len(texts)] + f" {i}", top_k=10)
+    query.append(time.perf_counter() - t)
+print(json.dumps({"tower": tower, "query": query, "torch": "torch" in sys.modules}))
+"""
+
+
+def warm_api(sides: dict[str, tuple[Path, Path]], runs: int, rounds: int = 3) -> dict[str, dict]:
+    """The warm API of each side (label → (tree, library)) in fresh processes, the sides taking turns over
+    ``rounds`` rounds (so that both see the same load), ``runs`` queries each in all."""
+    times = {label: {"tower": [], "query": [], "torch": set(), "load": []} for label in sides}
+    for _ in range(rounds):
+        for label, (tree, folder) in sides.items():
+            load = os.getloadavg()[0]
+            _, _, result = run_in(tree, [sys.executable, "-c", WARM_API, str(folder), str(max(1, runs // rounds)),
+                                         json.dumps(TEXTS)])
+            out = json.loads(result.stdout.strip().splitlines()[-1])
+            side = times[label]
+            side["tower"] += out["tower"]
+            side["query"] += out["query"]
+            side["torch"].add(out["torch"])
+            side["load"] += [load, os.getloadavg()[0]]
+    return {label: {**pct(side["query"]), "text_tower": pct(side["tower"]), "torch_imported": any(side["torch"]),
+                    "load_avg": round(float(np.mean(side["load"])), 2)} for label, side in times.items()}
+
+
+def before_tree(rev: str, out: Path) -> Path:
+    """The source tree of commit ``rev`` of this repository, extracted once into ``out``."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    tree = out / f"tree-{commit[:12]}"
+    if not (tree / "search" / "cli.py").is_file():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def library_copy(folder: Path, target: Path) -> Path:
+    """The library's database and FAISS file (not its exported text tower) in another folder."""
+    if not (target / "library.db").is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("library.db", *(p.name for p in folder.glob("vectors.*.faiss"))):
+            shutil.copy2(folder / name, target / name)
+    return target
+
+
+def side_by_side(tree: Path, folder: Path, out: Path, args) -> dict:
+    """Cold `search query` and warm API p50 of the tree ``tree`` (before) against this one (now)."""
+    before_library = library_copy(folder, out / f"{folder.name}-{tree.name}")
+    query = ("query", "a dog on the beach", "--library")
+    for side, library in ((tree, before_library), (ROOT, folder)):  # the first query of each exports its tower
+        run_in(side, search_command(*query, str(library)))
+    entry = {"before_tree": tree.name}
+    cli = cold({"before": (tree, search_command(*query, str(before_library))),
+                "now": (ROOT, search_command(*query, str(folder)))}, args.cold_runs)
+    entry["cold_cli_before"], entry["cold_cli_now"] = cli["before"], cli["now"]
+    entry["cold_cli_ratio_before_over_now"] = round(cli["before"]["median_s"] / cli["now"]["median_s"], 3)
+    entry["cold_cli_cpu_ratio_before_over_now"] = round(cli["before"]["cpu_median_s"] / cli["now"]["cpu_median_s"], 3)
+    api = warm_api({"before": (tree, before_library), "now": (ROOT, folder)}, args.runs)
+    entry["warm_api_before"], entry["warm_api_now"] = api["before"], api["now"]
+    entry["warm_api_text_tower_p50_saved_ms"] = round(
+        api["before"]["text_tower"]["p50_ms"] - api["now"]["text_tower"]["p50_ms"], 2)
+    entry["warm_api_p50_saved_ms"] = round(api["before"]["p50_ms"] - api["now"]["p50_ms"], 2)
+    entry["warm_api_p50_ratio_before_over_now"] = round(
+        entry["warm_api_before"]["p50_ms"] / entry["warm_api_now"]["p50_ms"], 2)
+    return entry
 
 
 def recall_at(scores: np.ndarray, truth: np.ndarray, ks=(1, 5, 10)) -> dict:
@@ -116,15 +223,13 @@ def ensemble_eval(checkpoint: str, data: Path, out: Path) -> dict:
     import csv
 
     from encoders import PAPER_TEMPLATES, SHORT_TEMPLATES, ModelSpec, load_encoder
-    from indexer import Library, index_folders
-    from indexer.store import Picture
+    from indexer import OK, Library, index_folders
 
     encoder = load_encoder(ModelSpec.from_options(None, None, checkpoint))
     folder = out / f"eval-{encoder.fingerprint.id}"
     lib = Library.open(folder, create=True)
     index_folders(lib, encoder, [data / "images"])
-    with lib.store.session() as s:
-        rows = s.query(Picture.path, Picture.vector).filter(Picture.status == "ok").order_by(Picture.id).all()
+    rows = [r for r in lib.store.reads.export_rows(-1, 10**9, vectors=True) if r.status == OK]
     column = {os.path.realpath(r.path): i for i, r in enumerate(rows)}
     images = np.stack([np.frombuffer(r.vector, np.float32) for r in rows])
     with open(data / "captions.csv", newline="", encoding="utf-8") as f:
@@ -167,6 +272,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "query"))
+    parser.add_argument("--before", metavar="REV", help="Also run this commit's tree, side by side (cold CLI, warm "
+                        "API).")
     parser.add_argument("--ensemble-eval", metavar="CHECKPOINT", help="Measure --ensemble with this model instead.")
     parser.add_argument("--eval-data", default=str(ROOT.parent / "shared" / "data" / "emoji-twitter"))
     args = parser.parse_args()
@@ -180,20 +287,20 @@ def main() -> None:
 
     from encoders import ModelSpec, load_encoder
     from search import SearchEngine
-    from search.textonnx import OnnxTextEncoder
 
     encoder = load_encoder(ModelSpec.from_options(args.model, args.pretrained, None))
     report = {"bench": "query", "model": f"{args.model} ({args.pretrained})", "dim": encoder.dim,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "faiss": faiss.__version__, "load_avg_start": os.getloadavg()[0]},
               "sizes": {}}
-    # Text towers, warm.
-    torch_times = timed(lambda i: encoder.encode_texts([TEXTS[i % len(TEXTS)] + f" {i}"]), args.runs)
     smallest = out / f"lib-{min(args.sizes)}"
     build_library(smallest, encoder, min(args.sizes))
     engine = SearchEngine(smallest, encoder=encoder)
-    engine.prepare_fast_queries()
-    onnx = OnnxTextEncoder.for_library(smallest, engine.record.fingerprint)
+    if not engine.prepare_text_tower():
+        raise SystemExit(f"the text tower of {args.model} does not run in ONNX Runtime: {engine.text_towers.refusal}")
+    # Text towers, warm.
+    onnx = engine.text_encoder
+    torch_times = timed(lambda i: encoder.encode_texts([TEXTS[i % len(TEXTS)] + f" {i}"]), args.runs)
     onnx_times = timed(lambda i: onnx.encode_texts([TEXTS[i % len(TEXTS)] + f" {i}"]), args.runs)
     probe = [f"{t} {i}" for i, t in enumerate(TEXTS)]
     cosine = float((onnx.encode_texts(probe) * encoder.encode_texts(probe)).sum(axis=1).min())
@@ -215,11 +322,11 @@ def main() -> None:
                                                       under="/synthetic/small"),
                 args.runs))
             index = engine.vectors.index
-            for label, env in (("fast_onnx", {}), ("plain_torch", {"SEARCH_NO_FAST_PATH": "1"})):
-                entry[f"cold_cli_{label}"] = cold_cli(["query", "a dog on the beach", "--library", str(folder)], env,
-                                                      args.cold_runs)
-            entry["cold_cli_ratio_torch_over_fast"] = round(
-                entry["cold_cli_plain_torch"]["median_s"] / entry["cold_cli_fast_onnx"]["median_s"], 2)
+            if args.before:
+                entry.update(side_by_side(before_tree(args.before, out), folder, out, args))
+            else:
+                entry["cold_cli_now"] = cold({"now": (ROOT, search_command("query", "a dog on the beach", "--library",
+                                                                           str(folder)))}, args.cold_runs)["now"]
         else:
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(encoder.dim))
             for start in range(0, size, 100_000):
@@ -239,7 +346,10 @@ def main() -> None:
         faiss.omp_set_num_threads(os.cpu_count() or 1)
         report["sizes"][str(size)] = entry
         index = None  # free the 1M vectors before the next size
-    report["cold_cli_help"] = cold_cli(["--help"], {}, args.cold_runs)
+    report["cold_cli_help"] = cold({"now": (ROOT, search_command("--help"))}, args.cold_runs)["now"]
+    # What reusing open_clip's tokenizer would add to a text query (encoders/text/tokenizer.py).
+    report["cold_import_open_clip_tokenizer"] = cold(
+        {"now": (ROOT, [sys.executable, "-c", "import open_clip.tokenizer"])}, args.cold_runs)["now"]
     report["machine"]["load_avg_end"] = os.getloadavg()[0]
     (out / "result.json").write_text(json.dumps(report, indent=1))
 
@@ -251,16 +361,22 @@ def main() -> None:
           f"(min cosine {tt['min_cosine_onnx_vs_torch']:.6f})")
     for size, e in report["sizes"].items():
         for key, value in e.items():
+            load = f"  load {value['load_avg']:.1f}" if isinstance(value, dict) and "load_avg" in value else ""
             if isinstance(value, dict) and "p50_ms" in value:
-                print(f"{int(size):>9,}  {key:<36} p50 {value['p50_ms']:8.2f} ms  p95 {value['p95_ms']:8.2f} ms")
+                tower = f"  (text tower p50 {value['text_tower']['p50_ms']:.2f} ms)" if "text_tower" in value else ""
+                print(f"{int(size):>9,}  {key:<36} p50 {value['p50_ms']:8.2f} ms  p95 {value['p95_ms']:8.2f} ms{load}"
+                      f"{tower}")
             elif isinstance(value, dict):
-                print(f"{int(size):>9,}  {key:<36} median {value['median_s']:6.2f} s  "
-                      f"(min {value['min_s']:.2f}, max {value['max_s']:.2f}, {value['runs']} runs; "
-                      f"CPU {value['cpu_median_s']:.2f} s)")
+                print(f"{int(size):>9,}  {key:<36} {cold_line(value)}")
             else:
                 print(f"{int(size):>9,}  {key:<36} {value}")
-    h = report["cold_cli_help"]
-    print(f"search --help: median {h['median_s']:.2f} s (min {h['min_s']:.2f}; CPU {h['cpu_median_s']:.2f} s)")
+    print(f"search --help: {cold_line(report['cold_cli_help'])}")
+    print(f"import open_clip.tokenizer: {cold_line(report['cold_import_open_clip_tokenizer'])}")
+
+
+def cold_line(value: dict) -> str:
+    return (f"median {value['median_s']:6.2f} s  (min {value['min_s']:.2f}, max {value['max_s']:.2f}, {value['runs']} "
+            f"runs; CPU {value['cpu_median_s']:.2f} s; load {value['load_avg']:.1f})")
 
 
 if __name__ == "__main__":

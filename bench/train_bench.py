@@ -43,8 +43,8 @@ SHARED = REPO.parent / "shared" / "data"
 DEFAULT_DATA = SHARED / "emoji-google" / "captions.csv"
 DEFAULT_EVAL = SHARED / "emoji-twitter" / "captions.csv"
 MODEL = "clipsearch-tiny"
-# Imports `encoders` first: it registers clipsearch-tiny with open_clip.add_model_config.
-OPENCLIP_LAUNCHER = ("import sys, encoders; from open_clip_train.main import main; "
+# Imports `encoders.loader` first: it registers clipsearch-tiny with open_clip.add_model_config.
+OPENCLIP_LAUNCHER = ("import sys, encoders.loader; from open_clip_train.main import main; "
                      "sys.exit(main(sys.argv[1:]) or 0)")
 SEARCH_LAUNCHER = "import sys; sys.argv[0] = 'search'; from search.cli import main; sys.exit(main())"
 OPENCLIP_PRECISION = {"fp32": "fp32", "bf16": "amp_bf16"}
@@ -202,7 +202,7 @@ def openclip_to_hub(ckpt: Path, folder: Path, model_name: str) -> Path:
     code = f"""
 import json, sys
 from pathlib import Path
-import encoders, open_clip, safetensors.torch
+import encoders.loader, open_clip, safetensors.torch
 ckpt, folder, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 model = open_clip.create_model(name, pretrained=str(ckpt), weights_only=True)  # strips 'module.', checks keys
 folder.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,31 @@
-"""Models: open_clip architectures and weights, encoding pictures and texts, model identity."""
+"""Models: open_clip architectures and weights, encoding pictures and texts, model identity, prompt templates.
 
-from .encoder import ClipEncoder, best_device
-from .images import HEIC_SUPPORTED, picture_extensions, prepare_image
-from .loader import HUB_CONFIG, hub_folder_architecture, load_encoder, load_tokenizer, model_config
-from .spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, NO_WEIGHTS, TINY_MODEL, ModelError, ModelFingerprint, ModelSpec
-from .templates import PAPER_TEMPLATES, SHORT_TEMPLATES, fill, load_templates
+Names load on first use (PEP 562), as in ``indexer`` and ``search``: `import torch, open_clip` costs seconds,
+and a text query answered by the exported ONNX text tower (``encoders.text``) must not pay for it. The
+built-in architectures (clipsearch-tiny) register with open_clip when ``encoders.loader`` is imported: code
+that names one to open_clip directly imports that module first.
+"""
 
-__all__ = [
-    "ClipEncoder", "best_device", "HEIC_SUPPORTED", "picture_extensions", "prepare_image", "load_encoder",
-    "load_tokenizer", "model_config", "HUB_CONFIG",
-    "hub_folder_architecture",
-    "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "NO_WEIGHTS", "TINY_MODEL", "ModelError", "ModelFingerprint",
-    "ModelSpec", "PAPER_TEMPLATES", "SHORT_TEMPLATES", "fill", "load_templates",
-]
+from importlib import import_module
+
+_MODULES = {
+    ".encoder": ("ClipEncoder", "best_device"),
+    ".files": ("InputFileError", "MAX_TEXT_BYTES", "MAX_TEXT_LINES", "atomic_write", "read_regular_file",
+               "read_text_entries"),
+    ".images": ("HEIC_SUPPORTED", "picture_extensions", "prepare_image"),
+    ".loader": ("HUB_CONFIG", "hub_folder_architecture", "load_encoder", "load_tokenizer", "model_config"),
+    ".spec": ("DEFAULT_MODEL", "DEFAULT_PRETRAINED", "NO_WEIGHTS", "TINY_MODEL", "ModelError", "ModelFingerprint",
+              "ModelSpec"),
+    ".templates": ("MAX_TEMPLATES", "PAPER_TEMPLATES", "SHORT_TEMPLATES", "load_templates"),
+    ".text": ("TextEncoder",),
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'encoders' has no attribute {name!r}")
+    value = getattr(import_module(_HOME[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -21,8 +21,7 @@ from datetime import datetime
 
 from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
-from userfiles import InputFileError, read_regular_file
-
+from .files import InputFileError, read_regular_file
 from .images import on_white, orientation, upright
 
 try:

@@ -1,7 +1,7 @@
 """Files → vectors: scan roots, decode safely, embed in batches, store rows and vectors, keep FAISS in step.
 
 Names load on first use: `search query` reads a library through the light modules here (errors,
-schema, librarydb, indexproof) without paying for torch, which the pipeline imports.
+store, indexproof) without paying for torch, which the pipeline imports.
 """
 
 from importlib import import_module
@@ -11,11 +11,10 @@ _MODULES = {
     # ``indexer.decode``) stay reachable from here.
     "encoders.decode": ("MAX_PIXELS", "DecodeError", "DecodedPicture", "decode_picture"),
     ".errors": ("LibraryError",),
-    ".library": ("Library", "LibraryBusy", "ModelMismatch", "check_same_model"),
+    ".library": ("Library", "ModelMismatch", "check_same_model"),
     ".pipeline": ("IndexOptions", "IndexSummary", "MissingRoot", "Progress", "index_folders"),
     ".scan": ("DEFAULT_EXCLUDES", "ScannedFile", "ScanOptions", "scan"),
-    ".store": ("FAILED", "OK", "LibraryStore", "Picture"),
-    ".tags": ("PictureTag", "TagRun", "ensure_tag_tables"),
+    ".store": ("FAILED", "OK", "LibraryBusy", "LibraryStore", "PictureRow"),
     ".vectors": ("VectorIndex",),
 }
 _HOME = {name: module for module, names in _MODULES.items() for name in names}

@@ -4,37 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
-
-from encoders import ModelFingerprint, ModelSpec
+from typing import TYPE_CHECKING
 
 from .errors import LibraryError
-from .librarydb import read_only_error
-from .store import LibraryModel, LibraryStore
+from .store import LibraryStore, ModelRecord, open_store
+from .store.sqlitefile import read_only_error
 from .vectors import VectorIndex
 
-LOCK_NAME = "library.lock"
-
-
-DEAD_HOLDER_GRACE = 10.0  # seconds a dead writer's children may keep the lock while they exit
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-class LibraryBusy(LibraryError):
-    pass
+if TYPE_CHECKING:  # encoders imports torch: a query opens its library without it
+    from encoders import ModelFingerprint, ModelSpec
 
 
 class ModelMismatch(LibraryError):
@@ -47,13 +27,14 @@ class Library:
         self.store = store
 
     @classmethod
-    def open(cls, folder: str | Path, create: bool = False) -> Library:
-        """The library in ``folder``: checked (a damaged, foreign, newer or unreadable one is refused with one
-        line), upgraded to this release's schema where it may be written, opened read-only where it may not.
+    def open(cls, folder: str | Path, create: bool = False, database: str | None = None) -> Library:
+        """The library in ``folder`` (its rows in the PostgreSQL database at ``database`` when given, default
+        $SEARCH_DATABASE_URL): checked (a damaged, foreign, newer or unreadable one is refused with one line),
+        upgraded to this release's schema where it may be written, opened read-only where it may not.
         ``create``: make it when there is none; the caller means to write."""
         folder = Path(folder).expanduser().absolute()
         try:
-            return cls(folder, LibraryStore.open(folder, create=create))
+            return cls(folder, open_store(folder, create=create, url=database))
         except LibraryError:
             raise
         except Exception as e:
@@ -70,10 +51,12 @@ class Library:
         return self.model is not None
 
     @property
-    def model(self) -> LibraryModel | None:
-        return self.store.model()
+    def model(self) -> ModelRecord | None:
+        return self.store.reads.model()
 
     def model_spec(self) -> ModelSpec:
+        from encoders import ModelSpec
+
         record = self.model
         if record is None:
             raise LibraryError(f"the library at {self.folder} is empty: "
@@ -84,64 +67,39 @@ class Library:
         """A new library records the model; an existing one refuses any other model."""
         record = self.model
         if record is None:
-            self.store.set_model(fingerprint.architecture, fingerprint.weights, fingerprint.id,
-                                 fingerprint.weights_digest, fingerprint.embed_dim)
+            self.store.writes.set_model(fingerprint.architecture, fingerprint.weights, fingerprint.id,
+                                        fingerprint.weights_digest, fingerprint.embed_dim)
             return
         check_same_model(record, fingerprint, self.folder)
 
     @contextlib.contextmanager
     def writer_lock(self, wait: float = 0.0) -> Iterator[None]:
-        """One writer at a time. A second writer waits up to ``wait`` seconds (0: refused at once) and is
-        then refused with `LibraryBusy`, naming the process that holds the library; never interleaved.
-        The lock is the kernel's (flock): a writer killed with -9 releases it with its last breath."""
-        try:
-            handle = open(self.folder / LOCK_NAME, "a+")
-        except OSError as e:
-            raise storage_error(e, self.folder) or LibraryError(f"cannot lock {self.folder}: {e}") from e
-        with handle:
-            deadline = time.monotonic() + wait
-            grace = True
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    handle.seek(0)
-                    holder = handle.read().strip()
-                    if grace and holder.isdigit() and not _alive(int(holder)):
-                        # The writer is gone (killed, Ctrl-C): its decode workers, which share the lock, exit
-                        # within moments of it. Re-running the command right away must not be refused.
-                        deadline, grace = max(deadline, time.monotonic() + DEAD_HOLDER_GRACE), False
-                    if time.monotonic() >= deadline:
-                        who = f" (process {holder})" if holder.isdigit() else ""
-                        raise LibraryBusy(f"another `search index`{who} is writing to {self.folder}; wait for it "
-                                          f"to finish, then run this command again") from None
-                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
+        """One writer at a time (store/lock.py); a second one waits up to ``wait`` seconds, then is refused with
+        `LibraryBusy` naming the process that holds the library."""
+        with contextlib.ExitStack() as held:
             try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                held.enter_context(self.store.writer_lock(self.folder, wait))
+            except OSError as e:  # the lock file cannot be made
+                raise storage_error(e, self.folder) or LibraryError(f"cannot lock {self.folder}: {e}") from e
+            yield
 
-    def vector_index(self, writer: bool = False) -> VectorIndex:
+    def vector_index(self, writer: bool = False, memory_map: bool = False) -> VectorIndex:
         """The FAISS index. A reader that had to rebuild it saves it when it may write the library and no writer
         holds it, so that the next query loads it instead (after an upgrade, or a file that was not this
-        library's); otherwise the next writer does."""
-        index = VectorIndex.open(self.folder, self.store, save_if_rebuilt=writer)
+        library's); otherwise the next writer does. ``memory_map``: a reader that only searches (see
+        ``VectorIndex.open``)."""
+        index = VectorIndex.open(self.folder, self.store, save_if_rebuilt=writer, memory_map=memory_map and not writer)
         if not writer and index.rebuilt and not self.read_only:
             try:
                 with self.writer_lock(wait=0):
-                    if self.store.model().generation == index.generation:
+                    if self.store.reads.model().generation == index.generation:
                         index.save(self.folder, self.store)
             except (LibraryError, OSError):  # busy, or the disk said no: the next writer saves it
                 pass
         return index
 
 
-def check_same_model(record: LibraryModel, fingerprint: ModelFingerprint, folder: Path) -> None:
+def check_same_model(record: ModelRecord, fingerprint: ModelFingerprint, folder: Path) -> None:
     if record.fingerprint == fingerprint.id:
         return
     raise ModelMismatch(

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import delete, select
 
 from encoders import ClipEncoder
 from encoders.decode import MAX_PIXELS
@@ -20,7 +19,7 @@ from encoders.decode import MAX_PIXELS
 from .library import Library, LibraryError, storage_error
 from .prepare import Prepared, SplitPreprocess, prepare_file
 from .scan import ScannedFile, ScanOptions, UnreadableFolder, scan
-from .store import FAILED, OK, Picture, PictureState, utcnow, vector_bytes
+from .store import FAILED, OK, PictureState, utcnow
 from .workers import DEFAULT_TIMEOUT, TIMED_OUT, DecodePool
 
 
@@ -153,7 +152,7 @@ class IndexRun:
         self.gone_by_hash: dict[str, list[PictureState]] = {}
         self.moved_ids: set[int] = set()  # gone rows that a move gave a new path
         self.vanished: list[PictureState] = []  # rows whose file was deleted between the scan and its reading
-        self.hash_kind = self.store.content_hash_kind()
+        self.hash_kind = self.store.reads.content_hash_kind()
 
     def run(self, roots: list[str]) -> IndexSummary:
         started, (own_cpu, workers_cpu) = time.perf_counter(), _cpu_seconds()
@@ -166,10 +165,9 @@ class IndexRun:
                 unreadable[found.path] = found.error
             else:
                 scanned[found.path] = found
-        known = self.store.states_under(roots)
+        known = self.store.reads.states_under(roots)
         gone = self._gone(known, scanned, unreadable)
-        with self.store.session() as s:
-            self.known_hashes = set(s.scalars(select(Picture.content_hash).where(Picture.status == OK)))
+        self.known_hashes = self.store.reads.content_hashes()
         todo = []
         for path, file in scanned.items():
             state = known.get(path)
@@ -190,10 +188,10 @@ class IndexRun:
                 batch = _Batch()
         self._commit(batch)
         self._remove([s for s in gone.values() if s.id not in self.moved_ids] + self.vanished)
-        if self.vectors.ntotal != self.store.counts()["pictures"]:
+        if self.vectors.ntotal != self.store.reads.counts()["pictures"]:
             self.vectors = self.library.vector_index(writer=False)  # out of step: rebuild from rows
         self.vectors.save(self.library.folder, self.store)
-        self.store.mark_indexed(roots, unreadable)
+        self.store.writes.mark_indexed(roots, unreadable)
         self.summary.seconds = time.perf_counter() - started
         own_now, workers_now = _cpu_seconds()
         self.summary.decode_cpu_seconds = workers_now - workers_cpu
@@ -270,7 +268,7 @@ class IndexRun:
             batch.copies.append((entry, item.hash))
             self.summary.duplicates += 1
         elif item.pixels is None:  # an exact copy of a picture already embedded
-            copy = self.store.embedded_copy(item.hash)
+            copy = self.store.reads.embedded_copy(item.hash)
             if copy is None:
                 # Every row with these bytes was given other content earlier in this run (an edit that kept
                 # its original under a new name): decode them after all. The library embedded these bytes
@@ -307,31 +305,21 @@ class IndexRun:
             vectors = self.encoder.encode_images(self.split.batch(batch.pixels))
             self.summary.embedded += len(batch.pixels)
             for entry, position in batch.needs_vector:
-                entry["vector"] = vector_bytes(vectors[position])
+                entry["vector"] = np.ascontiguousarray(vectors[position], dtype=np.float32).tobytes()
                 made[entry["content_hash"]] = {k: entry[k] for k in ("vector", "width", "height", "taken_at")}
                 self.in_flight.discard(entry["content_hash"])
         for entry, digest in batch.copies:
-            copy = made.get(digest) or self.store.embedded_copy(digest)
+            copy = made.get(digest) or self.store.reads.embedded_copy(digest)
             if copy is None:  # the original failed after all; identical bytes fail alike
                 entry.update(status=FAILED, error="could not be embedded (an identical file failed)", vector=None,
                              attempts=1)
             else:
                 entry.update(copy)
-        stale, fresh = [], []
-        with self.store.session() as s, s.begin():
-            for picture_id, values in batch.updates:
-                row = s.get(Picture, picture_id)
-                if "vector" in values or values.get("status") == FAILED:
-                    stale.append(picture_id)
-                for key, value in values.items():
-                    setattr(row, key, value)
-                if row.status == OK and "vector" in values:
-                    fresh.append((picture_id, values["vector"]))
-            rows = [Picture(**entry) for entry in batch.inserts]
-            s.add_all(rows)
-            s.flush()
-            fresh += [(row.id, row.vector) for row in rows if row.status == OK]
-            self.store.bump_generation(s)
+        # A row whose vector changed or went (it failed now) leaves FAISS; rows with a new vector enter it.
+        ids = self.store.writes.commit_batch(batch.updates, batch.inserts)
+        stale = [i for i, values in batch.updates if "vector" in values]
+        fresh = [(i, values["vector"]) for i, values in [*batch.updates, *zip(ids, batch.inserts, strict=True)]
+                 if values.get("status") == OK and "vector" in values]
         self.vectors.remove(np.asarray(stale, dtype=np.int64))
         if fresh:
             ids = np.fromiter((i for i, _ in fresh), dtype=np.int64, count=len(fresh))
@@ -342,9 +330,7 @@ class IndexRun:
         if not states:
             return
         ids = [s.id for s in states]
-        with self.store.session() as s, s.begin():
-            s.execute(delete(Picture).where(Picture.id.in_(ids)))
-            self.store.bump_generation(s)
+        self.store.writes.remove_pictures(ids)
         self.vectors.remove(np.asarray(ids, dtype=np.int64))
         self.summary.removed += len(ids)
 

@@ -7,7 +7,7 @@ __all__ = ["QueryError", "SearchEngine", "SearchResult", "Term", "LIBRARY_ENV", 
 
 
 def __getattr__(name: str):
-    # The engine pulls in torch and open_clip (seconds); `search --help` must not pay for it.
+    # The engine pulls in SQLAlchemy, FAISS and numpy (most of a second); `search --help` must not pay for it.
     if name in ("QueryError", "SearchEngine", "SearchResult", "Term"):
         from . import engine
 

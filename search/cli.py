@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -20,6 +19,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 LibraryOption = Annotated[str | None, typer.Option(
     "--library", help=f"Library folder (default: ${LIBRARY_ENV}, else the per-user data folder).")]
+DatabaseOption = Annotated[str | None, typer.Option(
+    "--database", help="PostgreSQL URL of the database holding the library's rows, e.g. postgresql://me@host/photos "
+    "(default: $SEARCH_DATABASE_URL, else the library folder's own SQLite file). The FAISS file and previews stay "
+    "in the library folder.", show_default=False)]
 ModelOption = Annotated[str | None, typer.Option("--model", help="open_clip architecture, e.g. ViT-B-32.")]
 PretrainedOption = Annotated[str | None, typer.Option(
     "--pretrained", help="open_clip pretrained tag, hf-hub:ORG/REPO, or 'none' for random weights.")]
@@ -42,11 +45,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 # Failures with a message meant for the user. Looked up among the modules already loaded, so
-# that handling them never imports torch (`import encoders` takes seconds): an exception of a
-# module that was never imported cannot have been raised.
+# that handling them never imports what the command did not need (torch takes seconds): an
+# exception of a module that was never imported cannot have been raised.
 KNOWN_ERRORS = (("encoders.spec", "ModelError"), ("indexer.errors", "LibraryError"), ("search.terms", "TermError"),
-                ("search.filters", "FilterError"), ("search.fastpath", "FastQueryError"),
-                ("userfiles.read", "InputFileError"))
+                ("search.filters", "FilterError"), ("encoders.files", "InputFileError"))
 
 
 def _known_errors() -> tuple[type, ...]:
@@ -115,6 +117,7 @@ def _model_spec(model, pretrained, checkpoint):
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Folders (or files) to index.", show_default=False)],
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     model: ModelOption = None,
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
@@ -134,7 +137,7 @@ def index(
     from encoders import load_encoder
 
     folder = resolve_library_dir(library)
-    lib = indexer.Library.open(folder, create=True)
+    lib = indexer.Library.open(folder, create=True, database=database)
     if lib.exists() and not (model or pretrained or checkpoint):
         spec = lib.model_spec()  # keep filling the library with its own model
     else:
@@ -240,6 +243,7 @@ def query(
                                                    "with {} (default: the CLIP paper's 80).", show_default=False)]
     = None,
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     model: ModelOption = None,
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
@@ -251,9 +255,9 @@ def query(
                                          "byte: the exact bytes of every name, for scripts (xargs -0).")] = False,
 ):
     """Rank the library's pictures by similarity to a text, a picture, or a weighted mix of them."""
-    from userfiles import InputFileError, load_templates
+    from encoders import InputFileError, load_templates
 
-    from . import fastpath
+    from .engine import SearchEngine
     from .filters import FilterError, Filters
     from .terms import TermError, check_score, parse_terms
 
@@ -276,47 +280,39 @@ def query(
         raise fail(str(e)) from None
     if not terms:
         raise fail("nothing to search for: give a TEXT, --image PATH, or both")
-    folder = resolve_library_dir(library)
-    overridden = bool(model or pretrained or checkpoint)
-    options = dict(min_score=min_score, sort=sort)
-    if not overridden:
-        try:
-            results = fastpath.query(folder, terms, top, filters, ensemble=ensemble, templates=template_list,
-                                     **options)
-        except (TermError, fastpath.FastQueryError) as e:
-            raise fail(str(e)) from None
-        if results is not None:
-            _print_results(results, json_output, paths_only, print0)
-            return
-    from search.engine import SearchEngine
-
-    spec = _model_spec(model, pretrained, checkpoint) if overridden else None
-    engine = SearchEngine(folder, spec=spec)
-    results = engine.query(terms=terms, top_k=top, filters=filters, ensemble=ensemble, templates=template_list,
-                           **options)
+    spec = _model_spec(model, pretrained, checkpoint) if (model or pretrained or checkpoint) else None
+    engine = SearchEngine(resolve_library_dir(library), spec=spec, one_shot=True, database=database)
+    results = engine.query(terms=terms, top_k=top, filters=filters, min_score=min_score, sort=sort,
+                           ensemble=ensemble, templates=template_list)
     _print_results(results, json_output, paths_only, print0)
-    if not overridden and engine._encoder is not None and not os.environ.get(fastpath.DISABLE_ENV):
+    if engine.torch_loaded:  # the results first; then the export, so that the next text query skips torch
         sys.stdout.flush()
-        if engine.prepare_fast_queries() is not None:
-            typer.echo("note: text queries on this library will now start faster (text model exported to ONNX)",
-                       err=True)
-        elif engine.fast_query_refusal:
-            typer.echo(f"note: text queries on this library run in PyTorch: {engine.fast_query_refusal}", err=True)
+        _export_text_tower(engine)
+
+
+def _export_text_tower(engine) -> None:
+    """Export the text tower beside the library (once), saying so, or why texts stay on PyTorch."""
+    engine.prepare_text_tower()
+    if engine.text_towers.exported:
+        typer.echo("note: text queries on this library will now start faster (text model exported to ONNX)", err=True)
+    elif engine.text_towers.refusal:
+        typer.echo(f"note: text queries on this library run in PyTorch: {engine.text_towers.refusal}", err=True)
 
 
 @app.command()
 @clean_errors
 def status(
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     failed: Annotated[bool, typer.Option("--failed", help="List the files that could not be indexed.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """What the library holds, which model filled it, and what failed."""
     from search.engine import SearchEngine
 
-    engine = SearchEngine(resolve_library_dir(library))
+    engine = SearchEngine(resolve_library_dir(library), database=database)
     info = engine.status()
-    failures = engine.library.store.failed_files() if failed else []
+    failures = engine.library.store.reads.failed_files() if failed else []
     if json_output:
         if failed:
             info["failures"] = failures
@@ -350,13 +346,14 @@ def duplicates(
     threshold: Annotated[float, typer.Option("--threshold", help="Cosine similarity at or above which two pictures "
                                              "are near-duplicates.")] = 0.95,
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Groups of near-duplicate pictures, largest first; byte-identical files are marked exact."""
     import indexer
     from search.tools import find_duplicates
 
-    lib = indexer.Library.open(resolve_library_dir(library))
+    lib = indexer.Library.open(resolve_library_dir(library), database=database)
     groups = find_duplicates(lib, threshold)
     if json_output:
         echo_json({"threshold": threshold, "groups": [g.to_dict() for g in groups]})
@@ -384,6 +381,7 @@ def tag(
                                                   help="Tag only when the best label's probability reaches this.")]
     = 0.0,
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Zero-shot tag every picture with its most likely label; then filter with `search query ... --tag LABEL`.
@@ -396,7 +394,7 @@ def tag(
 
     label_list = parse_labels(labels, labels_file)
     template_list = load_templates(templates) if templates is not None else PAPER_TEMPLATES
-    lib = indexer.Library.open(resolve_library_dir(library))
+    lib = indexer.Library.open(resolve_library_dir(library), database=database)
     encoder = load_encoder(lib.model_spec())
     summary = tag_pictures(lib, encoder, label_list, template_list, min_confidence)
     if json_output:
@@ -413,13 +411,14 @@ def remove(
     paths: Annotated[list[Path], typer.Argument(help="Files, folders or roots to forget (the files stay on disk).",
                                                 show_default=False)],
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Forget pictures, folders or whole roots: rows, vectors and tags go; files on disk are not touched."""
     import indexer
     from search.tools import remove_paths
 
-    lib = indexer.Library.open(resolve_library_dir(library))
+    lib = indexer.Library.open(resolve_library_dir(library), database=database)
     summary = remove_paths(lib, paths)
     if json_output:
         echo_json(summary.as_dict())
@@ -435,6 +434,7 @@ def reindex(
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     exclude: ExcludeOption = None,
     include_hidden: HiddenOption = False,
     batch_size: BatchOption = None,
@@ -451,7 +451,7 @@ def reindex(
 
     if not (model or pretrained or checkpoint):
         raise fail("name the new model: --model ARCH with --pretrained TAG|none, or --checkpoint PATH")
-    lib = indexer.Library.open(resolve_library_dir(library))
+    lib = indexer.Library.open(resolve_library_dir(library), database=database)
     encoder = load_encoder(_model_spec(model, pretrained, checkpoint))
     record = lib.model
     if record is not None and record.fingerprint == encoder.fingerprint.id:
@@ -479,6 +479,7 @@ def export(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE instead of standard output.",
                                                 show_default=False)] = None,
     library: LibraryOption = None,
+    database: DatabaseOption = None,
 ):
     """Every picture with its metadata (and vector) as one JSON object, for other tools."""
     import indexer
@@ -486,7 +487,7 @@ def export(
 
     if output is not None and output.is_dir():
         raise fail(f"--output {output} is a folder: name a file to write, e.g. {output / 'library.json'}")
-    lib = indexer.Library.open(resolve_library_dir(library))
+    lib = indexer.Library.open(resolve_library_dir(library), database=database)
     chunks = export_json(lib, vectors=vectors)
     if output is None:
         sys.stdout.flush()
@@ -511,6 +512,7 @@ def export(
 @clean_errors
 def run_app(
     library: LibraryOption = None,
+    database: DatabaseOption = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port of the web page.")] = 8501,
     host: Annotated[str, typer.Option("--host", help="Address to bind; other machines cannot reach localhost.")]
     = "127.0.0.1",
@@ -532,7 +534,7 @@ def run_app(
         raise fail(f"--no-token serves the page to whoever reaches {host}:{port}: use it only with a --host of "
                    f"this machine (127.0.0.1 or localhost), or keep the key")
     try:
-        code = serve(resolve_library_dir(library), host, port, token=not no_token)
+        code = serve(resolve_library_dir(library), host, port, token=not no_token, database=database)
     except LaunchError as e:
         raise fail(str(e)) from None
     raise typer.Exit(code)

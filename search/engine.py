@@ -1,19 +1,29 @@
-"""The query engine: a library plus its model → ranked pictures for a text, a picture, or both."""
+"""The query engine: a library plus its model → ranked pictures for a text, a picture, or both.
+
+The one query path: the `search query` command, the Python API and the search page all answer here. Each
+query loads only what it needs, when it first needs it:
+
+- texts run through the library's text tower exported to ONNX (``encoders.text``) when there is one, else
+  through the PyTorch model, which then exports it (once per library and model) for every later query;
+- a picture the library holds unchanged is searched with its stored vector; any other picture needs the
+  PyTorch image tower;
+- the FAISS file is memory-mapped when it is proven to be this library's rows (else rebuilt from them).
+
+So importing this module imports neither torch nor open_clip, and a text query never does once the tower
+is exported (tests/test_query_tools.py checks it).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from datetime import date, datetime
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
-from sqlalchemy import select
 
-from encoders import PAPER_TEMPLATES, ClipEncoder, ModelSpec, load_encoder
-from encoders.decode import read_file
-from indexer import DecodeError, Library, LibraryError, Picture, VectorIndex, check_same_model, decode_picture
+from encoders import PAPER_TEMPLATES
+from indexer import Library, LibraryError, VectorIndex, check_same_model
 
 from .filters import FilterError, Filters, unknown_tags_message
 from .library import resolve_library_dir
@@ -29,6 +39,12 @@ from .terms import (
     finish,
     own_picture_first,
 )
+from .text_tower import PREPACK_FROM_TEXTS, TextTowers
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from encoders import ClipEncoder, ModelSpec, TextEncoder
 
 __all__ = ["QueryError", "SearchEngine", "SearchResult", "Term", "Filters", "SORT_KEYS", "DateLike"]
 
@@ -42,54 +58,90 @@ class QueryError(LibraryError):
 class SearchEngine:
     """Open a library once, answer many queries; picks up re-indexing done meanwhile by another process.
 
-    The model loads on the first query that needs it: a picture already in the library is
-    searched with its stored vector, without the model.
+    ``spec`` names a model to check against the library's (loaded at once); ``encoder`` is a loaded one
+    (checked likewise). ``text_encoder`` fixes the text tower (``ClipEncoder`` or ``OnnxTextEncoder``);
+    by default it is the exported ONNX one when there is one, else the PyTorch model. After a query that
+    loaded the PyTorch model, the text tower is exported beside the library and used from then on.
+
+    ``one_shot``: this engine answers one query and ends (`search query`). Then the search stays on the
+    CPU (copying the index to a GPU takes longer than the search), the ONNX tower loads without laying
+    out its weights for many texts (``OnnxTextEncoder``'s prepack) unless the query has many, and the
+    export waits for the caller to call ``prepare_text_tower`` once it has shown the results.
     """
 
     def __init__(self, library: str | os.PathLike | None = None, spec: ModelSpec | None = None,
-                 encoder: ClipEncoder | None = None):
-        self.library = Library.open(resolve_library_dir(library))
+                 encoder: ClipEncoder | None = None, *, text_encoder: TextEncoder | None = None,
+                 one_shot: bool = False, database: str | None = None):
+        self.library = Library.open(resolve_library_dir(library), database=database)
         record = self.library.model
         if record is None:
             raise LibraryError(f"the library at {self.library.folder} is empty: "
                                f"run `search index PATH --library {self.library.folder}`")
         self.record = record
-        self._spec = spec or self.library.model_spec()
+        self._spec = spec
         self._encoder = encoder
         if encoder is not None:
             check_same_model(record, encoder.fingerprint, self.library.folder)
+        elif spec is not None:
+            _ = self.encoder  # a model named by the caller must be the library's before anything is answered
+        self._one_shot = one_shot
+        self.text_towers = TextTowers(self.library.folder, record.fingerprint, not self.library.read_only,
+                                      lambda: self.encoder, fixed=text_encoder, one_shot=one_shot)
         self._vectors: VectorIndex | None = None
-        self.fast_query_refusal: str | None = None  # why this model's text tower stays on PyTorch, once decided
 
     @property
     def encoder(self) -> ClipEncoder:
+        """The PyTorch model (both towers), loaded on first use and checked to be the library's."""
         if self._encoder is None:
-            encoder = load_encoder(self._spec)
+            from encoders import load_encoder
+
+            encoder = load_encoder(self._spec or self.library.model_spec())
             check_same_model(self.record, encoder.fingerprint, self.library.folder)
             self._encoder = encoder
         return self._encoder
 
     @property
+    def torch_loaded(self) -> bool:
+        """Whether this engine has loaded the PyTorch model (a query needed it, or the caller gave it)."""
+        return self._encoder is not None
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """The text tower exported to ONNX beside the library when there is one, else the PyTorch model."""
+        return self.text_towers.for_texts(PREPACK_FROM_TEXTS)
+
+    @property
     def vectors(self) -> VectorIndex:
-        """The FAISS index, reloaded when the database moved on since it was read."""
-        generation = self.library.store.model().generation
+        """The FAISS index (memory-mapped: searched, never changed here), reloaded when the database moved on."""
+        generation = self.library.store.reads.model().generation
         if self._vectors is None or self._vectors.generation != generation:
-            self._vectors = self.library.vector_index(writer=False)
+            self._vectors = self.library.vector_index(writer=False, memory_map=True)
         return self._vectors
 
     def text_vector(self, text: str, templates: Sequence[str] | None = None) -> np.ndarray:
         """A text's unit vector; with ``templates`` ("a photo of a {}.", ...), the renormalised mean over them."""
-        if templates:
-            return ensemble_mean(self.encoder.encode_texts([t.format(text) for t in templates]))
-        return self.encoder.encode_texts([text])[0]
+        return self.text_vectors([text], templates)[0]
+
+    def text_vectors(self, texts: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
+        """Unit vectors of several texts in one pass through the text tower (see ``text_vector``)."""
+        if not templates:
+            return self.text_towers.for_texts(len(texts)).encode_texts(list(texts))
+        filled = self.text_towers.for_texts(len(texts) * len(templates)).encode_texts(
+            [t.format(text) for text in texts for t in templates])
+        n = len(templates)
+        return np.stack([ensemble_mean(filled[i * n:(i + 1) * n]) for i in range(len(texts))])
 
     def image_vector(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
-        if isinstance(image, Image.Image):
+        """A picture's unit vector: a file the library holds unchanged gives its stored vector (no model);
+        any other file, or a decoded picture (the page's uploads), goes through the PyTorch image tower."""
+        if not isinstance(image, (str, os.PathLike)):
             return self.encoder.encode_images([image])[0]
         path = os.path.abspath(image)
         stored = self._stored_vector(path)
         if stored is not None:
             return stored
+        from encoders.decode import DecodeError, decode_picture, read_file
+
         try:  # the decoder's read: a regular file (never a FIFO that blocks), within its byte cap
             data = read_file(path)
         except OSError as e:
@@ -104,7 +156,7 @@ class SearchEngine:
 
     def _stored_vector(self, path: str) -> np.ndarray | None:
         """The library's own vector for a file it holds unchanged: exact, and no model needed."""
-        row = self.library.store.picture_by_path(path)
+        row = self.library.store.reads.picture_by_path(path)
         if row is None or row.vector is None:
             return None
         try:
@@ -115,12 +167,20 @@ class SearchEngine:
             return None
         return np.frombuffer(row.vector, dtype=np.float32)
 
-    def term_vector(self, term: Term, templates: Sequence[str] | None = None) -> np.ndarray:
-        if isinstance(term.value, np.ndarray):
-            return np.asarray(term.value, dtype=np.float32)
-        if term.picture():
-            return self.image_vector(term.value)
-        return self.text_vector(str(term.value), templates)
+    def term_vectors(self, terms: Sequence[Term], templates: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Each term's unit vector; the texts among them go through the text tower together."""
+        vectors: list[np.ndarray | None] = []
+        for term in terms:
+            if isinstance(term.value, np.ndarray):
+                vectors.append(np.asarray(term.value, dtype=np.float32))
+            else:
+                vectors.append(self.image_vector(term.value) if term.picture() else None)
+        texts = [i for i, vector in enumerate(vectors) if vector is None]
+        if texts:
+            for i, vector in zip(texts, self.text_vectors([str(terms[i].value) for i in texts], templates),
+                                 strict=True):
+                vectors[i] = vector
+        return vectors
 
     def query(self, text: str | None = None, image: str | os.PathLike | Image.Image | None = None,
               top_k: int = 10, under: str | os.PathLike | None = None, *, terms: Sequence[Term] = (),
@@ -148,7 +208,7 @@ class SearchEngine:
         filters = self.make_filters(under, after, before, ext, tags, filters)
         templates = (tuple(templates) if templates else PAPER_TEMPLATES) if ensemble else None
         try:
-            vector = combine([self.term_vector(t, templates) for t in terms], [t.weight for t in terms])
+            vector = combine(self.term_vectors(terms, templates), [t.weight for t in terms])
         except TermError as e:
             raise QueryError(str(e)) from None
         pictures = [t for t in terms if t.picture()]
@@ -156,6 +216,8 @@ class SearchEngine:
         extra = self._copies_of(pictures[0].value) if len(pictures) == 1 else 0
         results = self.search_vector(vector, top_k=top_k + extra, filters=filters)
         results = own_picture_first(results, terms)[:top_k]
+        if not self._one_shot and self.torch_loaded:
+            self.prepare_text_tower()  # the PyTorch model is loaded now: later text queries need not load it
         return finish(results, min_score, sort)
 
     @staticmethod
@@ -195,79 +257,47 @@ class SearchEngine:
         """How many other library rows hold exactly the bytes of this picture file."""
         if not isinstance(picture, (str, os.PathLike)):
             return 0
-        row = self.library.store.picture_by_path(os.path.abspath(picture))
+        reads = self.library.store.reads
+        row = reads.picture_by_path(os.path.abspath(picture))
         if row is None or row.content_hash is None:
             return 0
-        return self.library.store.count_with_hash(row.content_hash) - 1
+        return reads.count_with_hash(row.content_hash) - 1
 
     def matching_ids(self, filters: Filters) -> np.ndarray | None:
-        """Row ids a filtered search may return (None: no filter, everything)."""
+        """Row ids a filtered search may return (None: no filter, everything); an unknown tag is a QueryError."""
         if not filters:
             return None
+        reads = self.library.store.reads
         if filters.tags:
-            from indexer.tags import PictureTag, has_tag_tables
-
-            known = []
-            if has_tag_tables(self.library.store.engine):
-                with self.library.store.session() as s:
-                    known = list(s.scalars(select(PictureTag.tag).distinct().order_by(PictureTag.tag)))
-            message = unknown_tags_message(filters.tags, known)
+            message = unknown_tags_message(filters.tags, reads.known_tags())
             if message:
                 raise QueryError(message)
-        dialect = self.library.store.engine.dialect.name
-        with self.library.store.session() as s:
-            if filters.exts and dialect != "sqlite":
-                rows = s.execute(select(Picture.id, Picture.path).where(*filters.clauses(dialect))).all()
-                ids = [r.id for r in rows if filters.matches_ext(r.path)]
-            else:
-                ids = s.scalars(select(Picture.id).where(*filters.clauses(dialect))).all()
-        return np.asarray(ids, dtype=np.int64)
+        return reads.matching_ids(filters)
 
     def search_vector(self, vector: np.ndarray, top_k: int = 10, under: str | os.PathLike | None = None, *,
                       filters: Filters | None = None) -> list[SearchResult]:
         """Nearest pictures to a unit vector, among those the filters allow (searched inside FAISS)."""
         filters = self.make_filters(under, filters=filters)
         within = self.matching_ids(filters)
-        scores, ids = self.vectors.search(np.asarray(vector, dtype=np.float32)[None], top_k, within=within)
-        rows = self.library.store.pictures(int(i) for i in ids[0] if i >= 0)
+        scores, ids = self.vectors.search(np.asarray(vector, dtype=np.float32)[None], top_k, within=within,
+                                          gpu=not self._one_shot)
+        rows = self.library.store.reads.pictures(int(i) for i in ids[0] if i >= 0)
         # A row deleted by a concurrent index run since the search is simply left out.
         return [SearchResult.from_row(rows[int(i)], s) for s, i in zip(scores[0], ids[0], strict=True)
                 if int(i) in rows]
 
-    def prepare_fast_queries(self) -> Path | None:
-        """Export the text tower to ONNX beside the library (once), so the CLI can answer without torch.
-
-        Returns the ONNX file, or None when this model or machine cannot use that path.
-        """
-        from .textonnx import (
-            ExportRefused,
-            export_state,
-            export_text_tower,
-            onnx_available,
-            record_refusal,
-            sidecar_paths,
-        )
-
-        folder, fingerprint = self.library.folder, self.record.fingerprint
-        if self.library.read_only or not onnx_available(export=True) or \
-                self.library.store.engine.dialect.name != "sqlite":
-            return None
-        state = export_state(folder, fingerprint)
-        if state != "missing":
-            return sidecar_paths(folder, fingerprint)[0] if state == "ready" else None
-        try:
-            return export_text_tower(self.encoder, folder)
-        except ExportRefused as e:
-            record_refusal(folder, fingerprint, str(e))
-            self.fast_query_refusal = str(e)
-        except (OSError, ImportError):  # a full disk, or no `onnx` to export with: stay on PyTorch
-            pass
-        return None
+    def prepare_text_tower(self) -> bool:
+        """Whether texts now run in ONNX Runtime: exports the text tower beside the library first if it is not
+        there (once per engine, with the PyTorch model, loaded if need be). False for a read-only library, no
+        `onnx`/`onnxruntime` here, or a model whose tower does not export (``text_towers.refusal`` then says
+        why, this once: the refusal is recorded so that no later query tries again)."""
+        return self.text_towers.prepare()
 
     def status(self) -> dict:
         record = self.record
-        counts = self.library.store.counts()
-        unreadable = self.library.store.unreadable_folders()
+        reads = self.library.store.reads
+        with reads.snapshot() as r:
+            counts, unreadable, roots = r.counts(), r.unreadable_folders(), r.roots()
         return {
             "library": str(self.library.folder),
             "schema": self.library.store.schema,
@@ -275,7 +305,7 @@ class SearchEngine:
             **counts,
             "model": {"architecture": record.architecture, "weights": record.weights,
                       "fingerprint": record.fingerprint, "embed_dim": record.embed_dim},
-            "roots": [root.path for root in self.library.store.roots()],
+            "roots": roots,
             "last_indexed": record.last_indexed_at.isoformat(timespec="seconds") if record.last_indexed_at else None,
             # Folders the last run over their root could not read; the rows under them were kept as they were.
             "unreadable_folders": unreadable,

@@ -1,10 +1,8 @@
-"""Which pictures a query may return: folder, date, extension and tag filters, run as SQL → FAISS id selector.
+"""Which pictures a query may return: folder, date, extension and tag filters, as a value checked once.
 
-The filter becomes the set of row ids FAISS searches within, so asking for 10 results under
-a small folder of a big library returns 10 when there are 10. Two renderings of the same
-filter: SQLAlchemy clauses for the engine (any database), and plain SQLite for the CLI's
-fast path (which must not import SQLAlchemy models, torch or the indexer); tests check that
-they select the same rows.
+The library's store renders it as SQL (indexer/store/filters.py), whose rows become the ids FAISS
+searches within, so asking for 10 results under a small folder of a big library returns 10 when
+there are 10.
 """
 
 from __future__ import annotations
@@ -61,11 +59,6 @@ def _tags(values: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v.strip() for value in values for v in value.split(",") if v.strip()))
 
 
-def local_ns(moment: datetime) -> int:
-    """A naive local time as file-time nanoseconds (what SearchResult.modified shows back)."""
-    return int(round(moment.timestamp() * 1e6)) * 1000
-
-
 @dataclass(frozen=True)
 class Filters:
     """All conditions a result must meet. Dates: ``after`` inclusive, ``before`` exclusive, on the date
@@ -87,70 +80,6 @@ class Filters:
 
     def __bool__(self) -> bool:
         return bool(self.under or self.after or self.before or self.exts or self.tags)
-
-    def under_prefix(self) -> tuple[bytes, bytes]:
-        """The byte range [low, high) of the paths inside ``under``: ``under/`` up to ``under`` + "0" (the byte
-        after "/"), right for names holding any bytes. indexer.store.folder_range, rendered for the fast
-        path (which must not import the indexer); tests check they agree."""
-        low = os.fsencode(self.under.rstrip(os.sep) + os.sep)
-        return low, low[:-1] + bytes([low[-1] + 1])
-
-    def matches_ext(self, path: str) -> bool:
-        return not self.exts or os.path.splitext(path)[1].lstrip(".").lower() in self.exts
-
-    # -- plain SQLite (the fast path) ------------------------------------------------------
-
-    def sqlite_where(self) -> tuple[str, list]:
-        """A WHERE clause over the ``pictures`` table, with its parameters, for the sqlite3 module."""
-        # "+status": every row is 'ok', so its index selects nothing; without the '+' SQLite picks it
-        # over the path index and scans the whole table (measured 0.5 s instead of 2 ms at 100k rows).
-        clauses, params = ["+status = 'ok'"], []
-        if self.under is not None:
-            clauses.append("path >= ? AND path < ?")
-            params += list(self.under_prefix())
-        for bound, op in ((self.after, ">="), (self.before, "<")):
-            if bound is not None:
-                clauses.append(f"((taken_at IS NOT NULL AND taken_at {op} ?) OR "
-                               f"(taken_at IS NULL AND mtime_ns {op} ?))")
-                params += [bound.strftime("%Y-%m-%d %H:%M:%S.%f"), local_ns(bound)]
-        if self.exts:
-            # The path is a BLOB (bytes): compare its last bytes, as text, ignoring ASCII case.
-            clauses.append("(" + " OR ".join("lower(CAST(substr(path, ?) AS TEXT)) = ?" for _ in self.exts) + ")")
-            for ext in self.exts:
-                params += [-(len(ext.encode()) + 1), f".{ext}"]
-        for tag in self.tags:
-            clauses.append("id IN (SELECT picture_id FROM picture_tags WHERE tag = ?)")
-            params.append(tag)
-        return " AND ".join(clauses), params
-
-    # -- SQLAlchemy (the engine) -------------------------------------------------------------
-
-    def clauses(self, dialect: str = "sqlite") -> list:
-        """SQLAlchemy conditions on ``Picture`` for ``select(Picture.id).where(*clauses)``.
-
-        Outside SQLite the extension test is left to ``matches_ext`` on the paths (bytes columns
-        have no portable suffix/case functions).
-        """
-        from sqlalchemy import String, and_, cast, func, or_, select
-
-        from indexer.store import OK, Picture, under_clause
-        from indexer.tags import PictureTag
-
-        out = [(Picture.status + "") == OK]  # not the status index: see sqlite_where
-        if self.under is not None:
-            out += list(under_clause(self.under))
-        if self.after is not None:
-            out.append(or_(and_(Picture.taken_at.is_not(None), Picture.taken_at >= self.after),
-                           and_(Picture.taken_at.is_(None), Picture.mtime_ns >= local_ns(self.after))))
-        if self.before is not None:
-            out.append(or_(and_(Picture.taken_at.is_not(None), Picture.taken_at < self.before),
-                           and_(Picture.taken_at.is_(None), Picture.mtime_ns < local_ns(self.before))))
-        if self.exts and dialect == "sqlite":
-            out.append(or_(*[func.lower(cast(func.substr(Picture.path, -(len(ext.encode()) + 1)), String)) == f".{ext}"
-                             for ext in self.exts]))
-        for tag in self.tags:
-            out.append(Picture.id.in_(select(PictureTag.picture_id).where(PictureTag.tag == tag)))
-        return out
 
 
 def unknown_tags_message(tags, known) -> str | None:

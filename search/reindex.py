@@ -1,9 +1,10 @@
 """`search reindex`: re-embed a whole library with another model, the old one answering until the new one is done.
 
-A complete new library is built in a hidden folder beside the old one (``.NAME.reindex``)
-by the ordinary indexer over the recorded roots; only when it is complete are the two
-folders swapped (one ``renameat2(RENAME_EXCHANGE)`` on Linux, so a reader sees the old
-library or the new one, never neither). An interrupted reindex leaves the old library
+A complete new library is built in a hidden folder beside the old one (``.NAME.reindex``;
+in PostgreSQL its rows in a schema beside the library's) by the ordinary indexer over the
+recorded roots; only when it is complete are the two swapped: the PostgreSQL schemas in
+one transaction, then the folders (one ``renameat2(RENAME_EXCHANGE)`` on Linux, so a reader
+sees the old library or the new one, never neither). An interrupted reindex leaves the old library
 untouched, and the next run with the same model resumes the half-built one.
 Tags are the user's data: they follow their pictures (by path) into the new library. Previews
 belong to the old row ids and are made again.
@@ -20,8 +21,7 @@ from pathlib import Path
 
 from encoders import ClipEncoder
 from indexer import IndexOptions, IndexSummary, Library, LibraryError, Progress, index_folders
-from indexer.store import DB_NAME
-from indexer.tags import copy_tags
+from indexer.store import copy_tags
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
@@ -69,24 +69,21 @@ def reindex(library: Library, encoder: ClipEncoder, options: IndexOptions | None
     record = library.model
     if record is None:
         raise LibraryError(f"the library at {folder} is empty: nothing to re-embed")
-    if not (folder / DB_NAME).is_file():
-        raise LibraryError("reindex builds a new library folder beside the old one: it needs the SQLite library "
-                           "(SEARCH_DATABASE_URL is set); index into a new database instead")
-    roots = [root.path for root in library.store.roots()]
+    roots = library.store.reads.roots()
     if not roots:
         raise LibraryError(f"the library at {folder} records no roots to re-embed")
     missing = [r for r in roots if not os.path.isdir(r) and not os.path.isfile(r)]
     if missing:
         raise LibraryError(f"root not found: {', '.join(missing)} (unmounted?); mount it, or forget it first with "
                            "`search remove ROOT`; nothing was changed")
-    before = library.store.counts()["pictures"]
+    before = library.store.reads.counts()["pictures"]
     stage = staging_folder(folder)
     with library.writer_lock():  # nothing may be added to the old library meanwhile: it would be lost
-        if stage.exists():
-            previous = Library.open(stage)
-            if previous.model is not None and previous.model.fingerprint != encoder.fingerprint.id:
-                shutil.rmtree(stage)  # a half-built library for another model
-        new = Library.open(stage, create=True)
+        new = Library(stage, library.store.open_stage(stage))
+        if new.model is not None and new.model.fingerprint != encoder.fingerprint.id:
+            new.store.retire(keep=False)  # a half-built library for another model
+            shutil.rmtree(stage)
+            new = Library(stage, library.store.open_stage(stage))
         summary = index_folders(new, encoder, roots, options or IndexOptions(), progress or Progress())
         if summary.unreadable_folders:  # their pictures are in the old library only: swapping would lose them
             first = summary.unreadable_folders[0]
@@ -96,10 +93,11 @@ def reindex(library: Library, encoder: ClipEncoder, options: IndexOptions | None
                 + f"; the library still uses {record.architecture}, since switching now would drop the pictures "
                 "there: make them readable (or forget them with `search remove`) and run the same command again, "
                 "which keeps what was embedded so far")
-        after = new.store.counts()["pictures"]
+        after = new.store.reads.counts()["pictures"]
         tags = copy_tags(library.store, new.store)
-        new.store.engine.dispose()
+        library.store.swap(new.store)  # the database first: it is the truth; a FAISS file that is not is rebuilt
         exchange(folder, stage)
+    new.store.retire(keep=keep_old)  # the stage now holds the old library
     kept = None
     if keep_old:
         kept_path = folder.with_name(f"{folder.name}.old")

@@ -1,6 +1,6 @@
 """Combined queries without a model: terms (text or picture, signed weight), parsing, combining, results.
 
-Nothing here imports torch, open_clip or the indexer, so the CLI's fast path can use it.
+Nothing here imports torch, open_clip or the indexer: a text query must start without them.
 
 Short form (CLI arguments): ``"2:golden retriever" + ./pool.jpg - indoor``. A standalone
 ``+`` or ``-`` sets the sign of the next term; a leading ``N:`` sets its weight; a term

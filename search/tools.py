@@ -9,13 +9,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import delete, func, select
 
 from encoders import PAPER_TEMPLATES, ClipEncoder
-from indexer import Library, LibraryError, Picture
-from indexer.store import OK, Root, under_clause
-from indexer.tags import PictureTag, TagRun, ensure_tag_tables, has_tag_tables
-from userfiles import read_text_entries
+from encoders.files import read_text_entries
+from indexer import Library, LibraryError
 
 from .output import json_bytes
 from .terms import TermError, check_text
@@ -78,7 +75,8 @@ def find_duplicates(library: Library, threshold: float = 0.95, chunk: int = 4096
     index = library.vector_index(writer=False).index
     links = _UnionFind()
     degree: dict[int, int] = {}
-    for ids, vectors in library.store.iter_vectors(record.embed_dim, chunk=chunk):
+    reads = library.store.reads
+    for ids, vectors in reads.iter_vectors(record.embed_dim, chunk=chunk):
         lims, _, found = index.range_search(np.ascontiguousarray(vectors), float(threshold))
         for row, own in enumerate(ids.tolist()):
             for other in found[lims[row]:lims[row + 1]].tolist():
@@ -90,7 +88,7 @@ def find_duplicates(library: Library, threshold: float = 0.95, chunk: int = 4096
         components.setdefault(links.find(node), []).append(node)
     groups = []
     for members in components.values():
-        rows = library.store.pictures(members)
+        rows = reads.pictures(members, vectors=True)
         vectors = {i: np.frombuffer(rows[i].vector, dtype=np.float32) for i in members if i in rows}
         if len(vectors) < 2:
             continue
@@ -169,18 +167,16 @@ def tag_pictures(library: Library, encoder: ClipEncoder, labels: Sequence[str],
     check_same_model(record, encoder.fingerprint, library.folder)
     labels = list(labels)
     key = labelset_key(labels, templates, record.fingerprint)
-    ensure_tag_tables(library.store.engine)
     text = label_vectors(encoder, labels, templates)
     scale = 100.0
     if getattr(encoder.model, "logit_scale", None) is not None:
         scale = float(min(encoder.model.logit_scale.exp().item(), 100.0))
-    store = library.store
-    with store.session() as s:
-        done = dict(s.execute(select(TagRun.picture_id, TagRun.content_hash).where(TagRun.labelset == key)).all())
-        total = s.scalar(select(func.count()).where(Picture.status == OK))
+    reads = library.store.reads
+    done = reads.tag_runs(key)
+    total = reads.counts()["pictures"]
     classified = 0
-    for ids, vectors in store.iter_vectors(record.embed_dim, chunk=chunk):
-        rows = store.pictures(ids.tolist())
+    for ids, vectors in reads.iter_vectors(record.embed_dim, chunk=chunk):
+        rows = reads.pictures(ids.tolist())
         todo = [k for k, i in enumerate(ids.tolist())
                 if i in rows and (i not in done or done[i] != rows[i].content_hash)]
         if not todo:
@@ -190,42 +186,15 @@ def tag_pictures(library: Library, encoder: ClipEncoder, labels: Sequence[str],
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
         best = probs.argmax(axis=1)
-        todo_ids = [int(ids[k]) for k in todo]
-        with store.session() as s, s.begin():
-            s.execute(delete(PictureTag).where(PictureTag.labelset == key, PictureTag.picture_id.in_(todo_ids)))
-            s.execute(delete(TagRun).where(TagRun.labelset == key, TagRun.picture_id.in_(todo_ids)))
-            for row, picture_id in enumerate(todo_ids):
-                label, prob = labels[int(best[row])], float(probs[row, best[row]])
-                if prob >= min_confidence:
-                    # A picture keeps one row per tag: another label set's same tag is replaced.
-                    s.execute(delete(PictureTag).where(PictureTag.picture_id == picture_id, PictureTag.tag == label))
-                    s.add(PictureTag(picture_id=picture_id, tag=label, score=prob, labelset=key))
-                s.add(TagRun(picture_id=picture_id, labelset=key, content_hash=rows[picture_id].content_hash))
+        results = []
+        for row, k in enumerate(todo):
+            picture_id, label, prob = int(ids[k]), labels[int(best[row])], float(probs[row, best[row]])
+            results.append((picture_id, rows[picture_id].content_hash, label if prob >= min_confidence else None,
+                            prob))
+        library.store.writes.replace_tags(key, results)
         classified += len(todo)
     return TagSummary(labels=labels, classified=classified, skipped=total - classified,
-                      counts=tag_counts(library, labels))
-
-
-def tag_counts(library: Library, labels: Sequence[str] | None = None) -> dict[str, int]:
-    if not has_tag_tables(library.store.engine):
-        return {label: 0 for label in labels or ()}
-    with library.store.session() as s:
-        query = select(PictureTag.tag, func.count()).group_by(PictureTag.tag)
-        if labels is not None:
-            query = query.where(PictureTag.tag.in_(list(labels)))
-        counts = dict(s.execute(query).all())
-    return {label: counts.get(label, 0) for label in labels} if labels is not None else counts
-
-
-def tags_of(library: Library, ids: Sequence[int]) -> dict[int, list[str]]:
-    if not ids or not has_tag_tables(library.store.engine):
-        return {}
-    out: dict[int, list[str]] = {}
-    with library.store.session() as s:
-        for picture_id, tag in s.execute(select(PictureTag.picture_id, PictureTag.tag).where(
-                PictureTag.picture_id.in_(list(ids))).order_by(PictureTag.tag)):
-            out.setdefault(picture_id, []).append(tag)
-    return out
+                      counts=library.store.reads.tag_counts(labels))
 
 
 # -- remove -------------------------------------------------------------------------------------
@@ -249,30 +218,15 @@ def remove_paths(library: Library, paths: Sequence[str | os.PathLike]) -> Remove
     store = library.store
     with library.writer_lock():
         vectors = library.vector_index(writer=True)
-        with store.session() as s, s.begin():
-            ids: set[int] = set()
-            gone_roots: list[str] = []
-            for target in targets:
-                found = set(s.scalars(select(Picture.id).where(Picture.path == target)))
-                found |= set(s.scalars(select(Picture.id).where(*under_clause(target))))
-                roots = [r for r in s.scalars(select(Root)) if r.path == target
-                         or r.path.startswith(target.rstrip(os.sep) + os.sep)]
-                if not found and not roots:
-                    raise LibraryError(f"nothing in the library at or under {target}")
-                ids |= found
-                for root in roots:
-                    gone_roots.append(root.path)
-                    store.forget_unreadable(s, root.path)
-                    s.delete(root)
-            if ids:
-                id_list = sorted(ids)
-                for start in range(0, len(id_list), 500):
-                    part = id_list[start:start + 500]
-                    if has_tag_tables(s.connection()):
-                        s.execute(delete(PictureTag).where(PictureTag.picture_id.in_(part)))
-                        s.execute(delete(TagRun).where(TagRun.picture_id.in_(part)))
-                    s.execute(delete(Picture).where(Picture.id.in_(part)))
-                store.bump_generation(s)
+        ids: set[int] = set()
+        gone_roots: list[str] = []
+        for target in targets:
+            found, roots = store.reads.ids_at_or_under(target), store.reads.roots_at_or_under(target)
+            if not found and not roots:
+                raise LibraryError(f"nothing in the library at or under {target}")
+            ids.update(found)
+            gone_roots += [root for root in roots if root not in gone_roots]
+        store.writes.remove_pictures(ids, gone_roots)
         if ids:
             vectors.remove(np.asarray(sorted(ids), dtype=np.int64))
             vectors.save(library.folder, store)
@@ -283,27 +237,19 @@ def remove_paths(library: Library, paths: Sequence[str | os.PathLike]) -> Remove
 
 def iter_export(library: Library, vectors: bool = False, chunk: int = 5000) -> Iterator[dict]:
     """Every picture of the library (failed ones too, with their error), in id order."""
-    has_tags = has_tag_tables(library.store.engine)
+    reads = library.store.reads
     last = -1
-    with library.store.session() as s:
-        while True:
-            rows = s.scalars(select(Picture).where(Picture.id > last).order_by(Picture.id).limit(chunk)).all()
-            if not rows:
-                return
-            last = rows[-1].id
-            tags: dict[int, list[str]] = {}
-            if has_tags:
-                for picture_id, tag in s.execute(select(PictureTag.picture_id, PictureTag.tag).where(
-                        PictureTag.picture_id.in_([r.id for r in rows])).order_by(PictureTag.tag)):
-                    tags.setdefault(picture_id, []).append(tag)
-            for r in rows:
-                item = {"id": r.id, "path": r.path, "status": r.status, "size": r.size, "mtime_ns": r.mtime_ns,
-                        "content_hash": r.content_hash, "width": r.width, "height": r.height,
-                        "taken_at": r.taken_at.isoformat(timespec="seconds") if r.taken_at else None,
-                        "error": r.error, "tags": tags.get(r.id, [])}
-                if vectors:
-                    item["vector"] = np.frombuffer(r.vector, dtype=np.float32).tolist() if r.vector else None
-                yield item
+    while rows := reads.export_rows(last, chunk, vectors=vectors):
+        last = rows[-1].id
+        tags = reads.tags_of(r.id for r in rows)
+        for r in rows:
+            item = {"id": r.id, "path": r.path, "status": r.status, "size": r.size, "mtime_ns": r.mtime_ns,
+                    "content_hash": r.content_hash, "width": r.width, "height": r.height,
+                    "taken_at": r.taken_at.isoformat(timespec="seconds") if r.taken_at else None,
+                    "error": r.error, "tags": tags.get(r.id, [])}
+            if vectors:
+                item["vector"] = np.frombuffer(r.vector, dtype=np.float32).tolist() if r.vector else None
+            yield item
 
 
 def export_json(library: Library, vectors: bool = False) -> Iterator[bytes]:
@@ -320,4 +266,4 @@ def library_header(library: Library) -> dict:
     return {"library": str(library.folder),
             "model": {"architecture": record.architecture, "weights": record.weights,
                       "fingerprint": record.fingerprint, "embed_dim": record.embed_dim} if record else None,
-            "roots": [r.path for r in library.store.roots()]}
+            "roots": library.store.reads.roots()}

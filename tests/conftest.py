@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import glob
+import itertools
+import json
 import os
 import random
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 OPENCLIPART = Path("/usr/share/openclipart/png")
 TINY = ("--model", "clipsearch-tiny", "--pretrained", "none")
+POSTGRES_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))  # Debian's postgresql package
+DATABASE_URL_ENV = "SEARCH_DATABASE_URL"
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +65,152 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False,
     if check and result.returncode != 0:
         raise AssertionError(f"search {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result
+
+
+def rows_committed(folder: Path) -> int:
+    """Rows the library in ``folder`` holds now (0 before it exists), as another process sees them."""
+    from indexer import Library
+    from indexer.errors import NoLibrary
+
+    try:
+        library = Library.open(folder)
+    except NoLibrary:
+        return 0
+    try:
+        return sum(library.store.reads.counts().values())
+    finally:
+        library.store.close()
+
+
+def library_rows(library, status: str | None = None) -> list:
+    """Every row of a library (``indexer.store.PictureRow``, vectors included), in id order; only ``status`` ones
+    when given."""
+    rows = library.store.reads.export_rows(-1, 10**9, vectors=True)
+    return [r for r in rows if status is None or r.status == status]
+
+
+# -- PostgreSQL: a throwaway server for the session, a new database per test --------------------------------
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    """initdb and the server refuse to run as root: as root, run them as the `postgres` user Debian's package
+    makes (CI runs as root)."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL cluster of its own on 127.0.0.1 and a free port, its data in a temporary folder, trust
+    authentication for the user `clipsearch`; stopped at the end. Durability is off (fsync): tests crash clients,
+    never this server. Yields the URL prefix (append a database name)."""
+    if not POSTGRES_BIN:
+        pytest.skip("PostgreSQL's server is not installed (apt-get install postgresql)")
+    if os.geteuid() == 0 and not shutil.which("runuser"):
+        pytest.skip("running as root without runuser, so PostgreSQL's server cannot be started as another user")
+    binaries = Path(POSTGRES_BIN[-1])
+    # Not under pytest's own temporary folder: that one is private to this user, and the server runs as postgres.
+    base = Path(tempfile.mkdtemp(prefix="clipsearch-postgres-"))
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    data, port = base / "data", _free_port()
+    subprocess.run(_as_postgres_user([str(binaries / "initdb"), "-D", str(data), "-U", "clipsearch",
+                                      "--auth=trust", "-E", "UTF8", "--no-sync"]), check=True, capture_output=True)
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    subprocess.run(_as_postgres_user([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w",
+                                      "-o", options, "start"]), check=True, capture_output=True)
+    try:
+        yield f"postgresql://clipsearch@127.0.0.1:{port}/"
+    finally:
+        subprocess.run(_as_postgres_user([str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+_databases = itertools.count(1)
+
+
+def create_database(server: str) -> str:
+    """A new, empty database on the server at ``server`` (a URL prefix); its URL."""
+    import psycopg
+
+    name = f"library_{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(server + "postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return server + name
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A new, empty database on the session's server."""
+    return create_database(postgres_server)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, monkeypatch) -> str | None:
+    """Run the test against each backend: the library folder's SQLite file, then a PostgreSQL database (given to
+    every library this test opens, and to the CLI it runs, by $SEARCH_DATABASE_URL). Yields the URL or None."""
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+    if request.param == "sqlite":
+        return None
+    url = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
+    return url
+
+
+@pytest.fixture
+def next_library(request, monkeypatch):
+    """For a test that makes several libraries one after another: call it before making the next one. On
+    PostgreSQL it points $SEARCH_DATABASE_URL at a new, empty database (a library is its database); on SQLite
+    each library folder has its own file already."""
+    def switch() -> None:
+        if os.environ.get(DATABASE_URL_ENV):
+            monkeypatch.setenv(DATABASE_URL_ENV, create_database(request.getfixturevalue("postgres_server")))
+    return switch
+
+
+# A library test that runs on both backends (conftest.backend).
+both_backends = pytest.mark.usefixtures("backend")
+
+
+# Many commands in one process (a process per command imports torch again each time): typer's own test runner
+# calls the CLI as the console script does. The API (what the page and scripts call) opens the library last and
+# answers with the error's class and message.
+_COMMANDS_IN_ONE_PROCESS = """
+import json, sys
+from typer.testing import CliRunner
+from search.cli import app
+from search import SearchEngine
+library, commands = sys.argv[1], json.loads(sys.argv[2])
+out = {}
+for name, args in commands.items():
+    result = CliRunner().invoke(app, [*args, "--library", library])
+    crash = result.exception is not None and not isinstance(result.exception, SystemExit)
+    # surrogateescape, not click's "replace": bytes that are not UTF-8 come back exact (test_paths)
+    stdout, stderr = (b.decode("utf-8", "surrogateescape") for b in (result.stdout_bytes, result.stderr_bytes))
+    out[name] = [result.exit_code, stdout, stderr + (f"Traceback: {result.exception!r}\\n" * crash)]
+try:
+    SearchEngine(library)
+    out["api"] = [0, "", ""]
+except Exception as e:
+    out["api"] = [2, "", f"{type(e).__name__}: {e}\\n"]
+print(json.dumps(out))
+"""
+
+
+def run_cli_commands(library: Path, commands: dict[str, list[str]], prefix: tuple[str, ...] = (),
+                     env: dict[str, str] | None = None) -> dict[str, subprocess.CompletedProcess]:
+    """Each named `search` command on one library, all in one fresh process (`python *prefix -c ...`: a prefix
+    may give up root's powers first). An uncaught exception shows in stderr as "Traceback: ..."; "api" is opening
+    the library through SearchEngine. `env` adds variables to that one process's environment (e.g. a locale)."""
+    process = subprocess.run([sys.executable, *prefix, "-c", _COMMANDS_IN_ONE_PROCESS, str(library),
+                              json.dumps(commands)], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                             env={**os.environ, "PYTHONWARNINGS": "default", **(env or {})})
+    assert process.returncode == 0, process.stderr
+    return {name: subprocess.CompletedProcess(commands.get(name, name), code, stdout, stderr)
+            for name, (code, stdout, stderr) in json.loads(process.stdout).items()}

@@ -17,7 +17,7 @@ from conftest import ROOT
 
 GIB = 1 << 30
 # Address space for a `search` command: one that imports torch reserves ~4.4 GB here (measured with
-# VmPeak), the fast path ~0.6 GB. An unbounded read (/dev/zero, a 20 GB file, a picture decoded at
+# VmPeak), a text query in ONNX Runtime ~0.6 GB. An unbounded read (/dev/zero, a 20 GB file, a picture decoded at
 # full size several times over) runs into the limit and fails the test instead of the machine.
 CLI_MEMORY_LIMIT = 6 * GIB
 RANDOM_WEIGHTS_WARNING = "warning: RANDOM WEIGHTS:"

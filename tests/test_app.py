@@ -43,7 +43,7 @@ def library(tmp_path_factory, encoder):
     (root / "pictures" / "broken.jpg").write_bytes(b"not a picture at all")
     lib = Library.open(root / "library", create=True)
     index_folders(lib, encoder, [root / "pictures"])
-    ids = {p: lib.store.picture_by_path(str(p.absolute())).id for p in pictures}
+    ids = {p: lib.store.reads.picture_by_path(str(p.absolute())).id for p in pictures}
     return {"dir": root / "library", "pictures": pictures, "ids": ids, "root": root}
 
 
@@ -301,7 +301,7 @@ def test_reindex_while_open_shows_new_pictures(monkeypatch, tmp_path, encoder):
     at.run()
     assert "5 pictures" in texts(at.sidebar.markdown)
     assert "zz-navy.png" in result_names(at)
-    at.button(key=f"more-{lib.store.picture_by_path(str(moved)).id}").click().run()
+    at.button(key=f"more-{lib.store.reads.picture_by_path(str(moved)).id}").click().run()
     assert result_names(at)[0] == "zz-navy.png"
     assert pictures  # the first four are still there
     assert len(result_names(at)) == 5

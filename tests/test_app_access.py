@@ -26,7 +26,7 @@ def library(tmp_path_factory):
     index_folders(lib, load_encoder(ModelSpec.from_options("clipsearch-tiny", "none", None)),
                   [root / "holiday-pictures"])
     return {"dir": root / "secret-library", "pictures": pictures,
-            "ids": {p: lib.store.picture_by_path(str(p)).id for p in pictures}}
+            "ids": {p: lib.store.reads.picture_by_path(str(p)).id for p in pictures}}
 
 
 @pytest.fixture

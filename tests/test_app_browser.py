@@ -81,7 +81,7 @@ def library(tmp_path_factory):
     lib = Library.open(root / "library", create=True)
     index_folders(lib, load_encoder(ModelSpec.from_options("clipsearch-tiny", "none", None)), [root / "pictures"])
     return {"dir": root / "library", "pictures": pictures,
-            "ids": {p: lib.store.picture_by_path(str(p)).id for p in pictures}}
+            "ids": {p: lib.store.reads.picture_by_path(str(p)).id for p in pictures}}
 
 
 def start_server(command: list[str], port: int, log: Path) -> subprocess.Popen:

@@ -167,6 +167,29 @@ def test_search_app_prints_its_key_and_opens_the_browser_without_showing_it(libr
     assert opened and not Path(opened).exists()  # the forwarding file goes with the launcher
 
 
+def test_a_service_managers_sigterm_ends_the_page_and_removes_the_key_file(library, browser):
+    """SIGTERM to the launcher alone (as systemd or `kill` sends it): Streamlit stops too, the private folder with
+    the forwarding file (it holds the key) is removed, exit code 128 + 15, no traceback."""
+    port = free_port()
+    server = Server([sys.executable, "-m", "search.cli", "app", "--library", str(library), "--port", str(port)],
+                    user_env(BROWSER=browser["env"]), ROOT)
+    try:
+        server.link()
+        server.wait_for(browser["record"].exists, "browser opened")
+        opened = Path(browser["record"].read_text().split("\n")[1])
+        children = psutil.Process(server.process.pid).children(recursive=True)
+        assert opened.exists() and children
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=60)
+    finally:
+        if server.process.poll() is None:
+            server.interrupt()
+    assert code == 143 and "Traceback" not in server.output(), server.output()
+    assert not opened.parent.exists()
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert health(port) is None
+
+
 def test_search_app_no_token(library, tmp_path):
     port = free_port()
     server = Server([sys.executable, "-m", "search.cli", "app", "--library", str(library), "--port", str(port),

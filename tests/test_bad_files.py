@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, draw_picture, make_pictures, run_cli
+from conftest import TINY, draw_picture, library_rows, make_pictures, run_cli
 from PIL import Image, ImageOps
 
 import indexer
-from indexer.store import FAILED, OK, Picture
+from indexer.store import FAILED, OK, PictureRow
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -96,10 +96,8 @@ def build_trouble(folder: Path) -> tuple[set[str], set[str]]:
     return {str(p) for p in good}, {str(p) for p in bad}
 
 
-def _rows(library: Path) -> dict[str, Picture]:
-    lib = indexer.Library.open(library)
-    with lib.store.session() as s:
-        return {row.path: row for row in s.query(Picture)}
+def _rows(library: Path) -> dict[str, PictureRow]:
+    return {row.path: row for row in library_rows(indexer.Library.open(library))}
 
 
 def test_folder_full_of_trouble_cli(tmp_path):

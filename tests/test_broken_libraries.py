@@ -6,7 +6,6 @@ library folder. The API (SearchEngine, the page's way in) raises LibraryError wi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -17,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, make_pictures
+from conftest import ROOT, TINY, make_pictures, run_cli_commands
 from test_folder_safety import DROP_ROOT_POWERS
 
 from indexer import IndexOptions, Library, index_folders
-from indexer.schema import SCHEMA_VERSION
+from indexer.store.schema import SCHEMA_VERSION
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -36,26 +35,6 @@ COMMANDS = {
     "reindex": ("reindex", "--model", "clipsearch-tiny", "--pretrained", "none"),
     "export": ("export",),
 }
-# Every command in one process (a process per command would import torch 80 times over): typer's own test
-# runner calls the CLI as the console script does; one real `search query` process per library checks the same
-# from the outside. The API (what the page and scripts call) answers with the error's class and message.
-ALL_COMMANDS = """
-import json, sys
-from typer.testing import CliRunner
-from search.cli import app
-from search import SearchEngine
-library, commands = sys.argv[1], json.loads(sys.argv[2])
-out = {}
-for name, args in commands.items():
-    result = CliRunner().invoke(app, [*args, "--library", library])
-    out[name] = [result.exit_code, result.stdout, result.stderr, repr(result.exception)]
-try:
-    SearchEngine(library)
-    out["api"] = [0, "", "", ""]
-except Exception as e:
-    out["api"] = [2, "", f"{type(e).__name__}: {e}\\n", ""]
-print(json.dumps(out))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +45,7 @@ def made(tmp_path_factory, tiny_encoder) -> tuple[Path, Path]:
     (corpus / "broken.jpg").write_bytes(b"not a picture")
     library = Library.open(base / "library", create=True)
     index_folders(library, tiny_encoder, [corpus], IndexOptions(workers=0))
-    library.store.engine.dispose()  # closed: no -wal file left beside it
+    library.store.close()  # closed: no -wal file left beside it
     return corpus, library.folder
 
 
@@ -169,17 +148,11 @@ def test_every_command_refuses_a_broken_library_with_one_line_and_leaves_it_as_i
     broken = contents(library)  # this process may read it all
     commands = {name: [str(corpus) if a == "CORPUS" else a for a in args] for name, args in COMMANDS.items()}
     try:
-        every = run(unprivileged, "-c", ALL_COMMANDS, str(given), json.dumps(commands))
-        assert every.returncode == 0, every.stderr
-        answers = json.loads(every.stdout)
-        for name in commands:
-            code, stdout, stderr, exception = answers[name]
-            assert (code, stdout) == (2, ""), (name, stdout, stderr, exception)
-            assert stderr.startswith("error: ") and stderr.count("\n") == 1, (name, stderr)
-            assert message in stderr, (name, stderr)
-        code, _, stderr, _ = answers["api"]
-        assert code == 2 and stderr.startswith("LibraryError: ") and message in stderr, stderr
-        assert stderr.count("\n") == 1, stderr
+        answers = run_cli_commands(given, commands, ("-c", DROP_ROOT_POWERS) if unprivileged else ())
+        for name, answer in answers.items():
+            assert (answer.returncode, answer.stdout) == (2, ""), (name, answer.stdout, answer.stderr)
+            assert answer.stderr.count("\n") == 1 and message in answer.stderr, (name, answer.stderr)
+            assert answer.stderr.startswith("LibraryError: " if name == "api" else "error: "), (name, answer.stderr)
         outside = run(unprivileged, "-m", "search.cli", "query", "a red circle", "--library", str(given))
         assert (outside.returncode, outside.stdout) == (2, "") and outside.stderr.count("\n") == 1, outside.stderr
         assert outside.stderr.startswith("error: ") and message in outside.stderr, outside.stderr
@@ -197,7 +170,7 @@ def test_a_library_damaged_after_it_was_opened_gives_one_line_too(made, library)
     from search import SearchEngine
 
     engine = SearchEngine(library)
-    engine.library.store.engine.dispose()
+    engine.library.store.close()
     with open(library / "library.db", "r+b") as f:
         f.seek(4096)
         f.write(random.Random(2).randbytes(8 * 4096))

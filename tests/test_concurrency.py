@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, make_pictures, run_cli
+from conftest import ROOT, TINY, both_backends, library_rows, make_pictures, rows_committed, run_cli
 
 import indexer
-from indexer.store import Picture
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -25,6 +24,7 @@ def start_cli(corpus: Path, library: Path, *extra: str) -> subprocess.Popen:
                              *TINY, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@both_backends
 def test_queries_while_indexing_never_fail_or_see_torn_state(tmp_path, tiny_encoder):
     from search.engine import SearchEngine
 
@@ -42,7 +42,7 @@ def test_queries_while_indexing_never_fail_or_see_torn_state(tmp_path, tiny_enco
         generations.add(engine.vectors.generation)
         assert results, "a library with pictures never answers nothing"
         assert len({r.id for r in results}) == len(results)
-        rows = engine.library.store.pictures(r.id for r in results)
+        rows = engine.library.store.reads.pictures((r.id for r in results), vectors=True)
         for r in results:
             assert Path(r.path).is_relative_to(corpus)
             # the FAISS vector behind each score is the database's vector for that row: nothing torn
@@ -57,13 +57,14 @@ def test_queries_while_indexing_never_fail_or_see_torn_state(tmp_path, tiny_enco
     assert len(engine.query(text="a red circle", top_k=500)) == 100
 
 
+@both_backends
 def test_second_writer_is_refused_clearly(tmp_path, tiny_encoder):
     corpus = tmp_path / "pictures"
     make_pictures(corpus, 80)
     library = tmp_path / "lib"
     first = start_cli(corpus, library, "--batch-size", "4")
     deadline = time.monotonic() + 120
-    while not (library / "library.lock").is_file() or not (library / "library.lock").read_text().strip():
+    while rows_committed(library) == 0:  # the first writer holds the library from before its first row
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     # an in-process writer is refused at once, and told who holds the library
@@ -77,10 +78,11 @@ def test_second_writer_is_refused_clearly(tmp_path, tiny_encoder):
     _, err = first.communicate()
     assert first.returncode == 0, err
     lib = indexer.Library.open(library)
-    assert lib.store.counts() == {"pictures": 80, "failed": 0}
+    assert lib.store.reads.counts() == {"pictures": 80, "failed": 0}
     assert lib.vector_index().ntotal == 80
 
 
+@both_backends
 def test_waiting_writer_gets_the_library_when_it_is_free(tmp_path, tiny_encoder):
     library = indexer.Library.open(tmp_path / "lib", create=True)
     other = indexer.Library.open(tmp_path / "lib")
@@ -126,13 +128,12 @@ def _fingerprint(folder: Path) -> dict[str, str]:
 def _consistent(library: Path) -> int:
     lib = indexer.Library.open(library)
     try:
-        with lib.store.session() as s:
-            rows = list(s.query(Picture).filter(Picture.status == indexer.OK))
+        rows = library_rows(lib, indexer.OK)
         index = lib.vector_index()
         assert index.ntotal == len(rows)
         return len(rows)
     finally:
-        lib.store.engine.dispose()
+        lib.store.close()
 
 
 def _index(library: Path, corpus: Path, encoder) -> indexer.IndexSummary:
@@ -140,7 +141,7 @@ def _index(library: Path, corpus: Path, encoder) -> indexer.IndexSummary:
     try:
         return indexer.index_folders(lib, encoder, [corpus])
     finally:
-        lib.store.engine.dispose()  # no database file left open here (a busy mount cannot be remounted)
+        lib.store.close()  # no database file left open here (a busy mount cannot be remounted)
 
 
 def test_disk_full_gives_a_clear_message_and_keeps_the_library(tmp_path, small_mount, tiny_encoder):
@@ -184,15 +185,19 @@ def test_read_only_library_gives_a_clear_message_and_is_left_as_it_was(tmp_path,
     assert _fingerprint(library) == before
 
 
+@both_backends
 def test_a_killed_writers_children_do_not_turn_the_next_run_away(tmp_path):
-    """A writer killed mid-run leaves decode workers that share its lock for a moment; running the same command
-    again right away gets the library once they are gone, instead of being refused."""
+    """A writer killed mid-run leaves decode workers that share its lock for a moment (the lock file's
+    descriptor, or the connection holding PostgreSQL's advisory lock); running the same command again right
+    away gets the library once they are gone, instead of being refused."""
     library = indexer.Library.open(tmp_path / "lib", create=True)
     code = """
-import fcntl, os, sys, time
-handle = open(sys.argv[1], "a+")
-fcntl.flock(handle, fcntl.LOCK_EX)
-handle.write(f"{os.getpid()}\\n"); handle.flush()
+import os, sys, time
+from pathlib import Path
+from indexer.store import open_store
+folder = Path(sys.argv[1])
+held = open_store(folder).writer_lock(folder)  # kept: collected, it would release the lock on the spot
+held.__enter__()
 if os.fork() == 0:  # a decode worker: holds the inherited lock until it notices its parent is gone
     os.close(1), os.close(2)  # not the test's pipes: only the lock
     time.sleep(1.5)
@@ -200,8 +205,8 @@ if os.fork() == 0:  # a decode worker: holds the inherited lock until it notices
 print("locked", flush=True)
 os._exit(0)  # the writer dies (as with kill -9), its child still holding the lock
 """
-    writer = subprocess.run([sys.executable, "-c", code, str(library.folder / "library.lock")], capture_output=True,
-                            text=True, timeout=60)
+    writer = subprocess.run([sys.executable, "-c", code, str(library.folder)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
     assert writer.stdout.strip() == "locked"
     started = time.monotonic()
     with library.writer_lock(wait=0):

@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,10 +16,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, draw_picture, make_pictures, run_cli
+from conftest import ROOT, TINY, both_backends, draw_picture, library_rows, make_pictures, rows_committed, run_cli
 
 import indexer
-from indexer.store import Picture
 
 pytestmark = pytest.mark.timeout(400)
 BATCH = ("--batch-size", "4")
@@ -50,8 +48,7 @@ def library_state(folder: Path) -> dict[str, tuple]:
     """path → (status, error, vector) after checking the FAISS file on disk matches the rows exactly."""
     library = indexer.Library.open(folder)
     record = library.model
-    with library.store.session() as s:
-        rows = list(s.query(Picture))
+    rows = library_rows(library)
     paths = [r.path for r in rows]
     assert len(paths) == len(set(paths))
     assert record.index_generation == record.generation, "the saved FAISS file is not the current generation"
@@ -76,14 +73,6 @@ def assert_same(state: dict, reference: dict) -> None:
             np.testing.assert_allclose(got[2], vector, atol=1e-5, err_msg=path)
 
 
-def rows_committed(folder: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{folder / 'library.db'}?mode=ro", uri=True, timeout=30) as db:
-            return db.execute("select count(*) from pictures").fetchone()[0]
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-
-
 def start_cli(corpus: Path, library: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "search.cli", "index", str(corpus), "--library", str(library),
                              *TINY, *BATCH], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -97,6 +86,7 @@ def wait_for_rows(process: subprocess.Popen, library: Path, timeout: float = 120
         time.sleep(0.05)
 
 
+@both_backends
 def test_ctrl_c_keeps_work_and_says_how_to_resume(corpus, reference, tmp_path):
     library = tmp_path / "lib"
     process = start_cli(corpus, library)
@@ -133,7 +123,8 @@ def _wait(pid: int) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
-def test_kill_9_at_many_random_points(corpus, reference, tmp_path, tiny_encoder):
+@both_backends
+def test_kill_9_at_many_random_points(corpus, reference, tmp_path, tiny_encoder, next_library):
     rng = random.Random(int(os.environ.get("CLIPSEARCH_CRASH_SEED", "5")))
     started = time.monotonic()
     assert _wait(_forked_run(tiny_encoder, corpus, tmp_path / "timing")) == 0
@@ -145,6 +136,7 @@ def test_kill_9_at_many_random_points(corpus, reference, tmp_path, tiny_encoder)
         if round_ >= 4 and kills >= min_kills:
             break
         library = tmp_path / f"lib{round_}"
+        next_library()
         for _ in range(6):
             remaining = 1 - rows_committed(library) / len(reference)  # aim the kill inside the work left
             pid = _forked_run(tiny_encoder, corpus, library)
@@ -167,6 +159,7 @@ def test_kill_9_at_many_random_points(corpus, reference, tmp_path, tiny_encoder)
     assert kills >= min_kills
 
 
+@both_backends
 def test_kill_9_of_the_cli_leaves_no_orphans_and_completes(corpus, reference, tmp_path):
     psutil = pytest.importorskip("psutil")
 

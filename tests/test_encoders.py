@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import draw_picture
+from conftest import ROOT, draw_picture
 from safetensors.torch import save_file
 
 import encoders.loader
@@ -124,3 +126,27 @@ def test_spec_round_trips_through_its_weights_string(tmp_path):
     for spec in (ModelSpec("ViT-B-32", "laion2b_s34b_b79k"), ModelSpec("clipsearch-tiny", "none"),
                  ModelSpec("ViT-B-32", "hf-hub:org/repo"), ModelSpec("", None, str(tmp_path))):
         assert ModelSpec.from_weights(spec.model, spec.weights) == spec
+
+
+def test_the_papers_templates_are_open_clips_own():
+    """Kept as plain strings (encoders/templates.py), so that `search query --ensemble` need not import open_clip."""
+    import open_clip
+
+    from encoders import PAPER_TEMPLATES, SHORT_TEMPLATES
+
+    assert PAPER_TEMPLATES == tuple(t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES)
+    assert SHORT_TEMPLATES == tuple(t("{}") for t in open_clip.SIMPLE_IMAGENET_TEMPLATES)
+    assert len(PAPER_TEMPLATES) == 80 and len(SHORT_TEMPLATES) == 7
+
+
+def test_the_package_loads_torch_only_for_the_names_that_need_it():
+    """`import encoders` is light (names load on first use); `encoders.loader` registers the built-in models."""
+    light = ("import sys, encoders\n"
+             "from encoders import PAPER_TEMPLATES, InputFileError, ModelSpec, TextEncoder, load_templates\n"
+             "from encoders.text.onnx_runtime import OnnxTextEncoder\n"
+             "from encoders.text.sidecar import export_state\n"
+             "assert not {'torch', 'open_clip'} & set(sys.modules), 'torch or open_clip was imported'\n"
+             "import encoders.loader, open_clip\n"
+             "assert 'clipsearch-tiny' in open_clip.list_models()\n")
+    result = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr

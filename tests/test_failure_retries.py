@@ -24,7 +24,7 @@ THREADS = IndexOptions(workers=0)  # decoded in this process, where the test's f
 
 
 def failed(library: Library) -> dict[str, dict]:
-    return {Path(f["path"]).name: f for f in library.store.failed_files()}
+    return {Path(f["path"]).name: f for f in library.store.reads.failed_files()}
 
 
 @pytest.fixture

@@ -1,25 +1,25 @@
 """Issue 14: the FAISS file proves it belongs to its library. Saving records beside it in the database the
 generation, count, dimension and a digest of its ids; loading checks them and a sample of its vectors against
 the rows. Another library's valid file of the same size (same ids and other vectors, or other ids) is rebuilt
-from the database, never used, by the engine and the fast path alike; a reader that may write saves the
-rebuilt file, so the next query loads it."""
+from the database, never used, by the query engine; a reader that may write saves the rebuilt file, so the next
+query loads it."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
-from conftest import make_pictures, run_cli
-from sqlalchemy import select
+from conftest import library_rows, make_pictures, run_cli
 from test_index import assert_faiss_matches_db
 
-from indexer import IndexOptions, Library, Picture, index_folders
+from indexer import OK, IndexOptions, Library, index_folders
 from indexer.indexproof import index_ids, proof_of
-from search import SearchEngine, Term, fastpath
+from search import SearchEngine
 
 pytestmark = pytest.mark.timeout(600)
 FOREIGN = "is not the FAISS index of this library's database"
@@ -37,8 +37,7 @@ def saved_file(library: Library) -> Path:
 
 
 def brute_force(library: Library, vector: np.ndarray, k: int) -> list[int]:
-    with library.store.session() as s:
-        rows = s.execute(select(Picture.id, Picture.vector).where(Picture.status == "ok")).all()
+    rows = library_rows(library, OK)
     scores = {r.id: float(np.frombuffer(r.vector, np.float32) @ vector) for r in rows}
     return sorted(scores, key=lambda i: -scores[i])[:k]
 
@@ -60,7 +59,7 @@ def test_saving_records_the_proof_of_the_file(two):
     assert (record.index_count, record.index_dim) == (10, 128) and len(record.index_ids_digest) == 32
 
 
-def test_another_librarys_file_with_the_same_ids_is_rebuilt_by_the_engine_and_the_fast_path(two, tiny_encoder):
+def test_another_librarys_file_with_the_same_ids_is_rebuilt_and_the_next_query_loads_the_saved_one(two, tiny_encoder):
     ours, theirs, pictures = two
     shutil.copy(saved_file(theirs), saved_file(ours))
     swapped = faiss.read_index(str(saved_file(ours)))
@@ -68,7 +67,6 @@ def test_another_librarys_file_with_the_same_ids_is_rebuilt_by_the_engine_and_th
     assert np.array_equal(index_ids(swapped), index_ids(faiss.read_index(str(saved_file(theirs)))))  # ids agree
     picture = str(pictures / "pic004.png")
 
-    assert fastpath.query(ours.folder, [Term(picture)], top_k=3) is None  # not trusted: left to the engine
     engine = SearchEngine(ours.folder, encoder=tiny_encoder)
     with pytest.warns(UserWarning, match=FOREIGN):
         results = engine.query(image=picture, top_k=3)
@@ -76,10 +74,14 @@ def test_another_librarys_file_with_the_same_ids_is_rebuilt_by_the_engine_and_th
     text = tiny_encoder.encode_texts(["a red circle"])[0]
     assert [r.id for r in engine.search_vector(text, top_k=5)] == brute_force(ours, text, 5)
 
-    # The reader saved the rebuilt file with its proof: the fast path now answers, the same as the engine.
+    # The reader saved the rebuilt file with its proof: the next query (no model needed) maps it, with no warning.
     assert saved_file(ours).read_bytes() != saved_file(theirs).read_bytes()
-    fast = fastpath.query(ours.folder, [Term(picture)], top_k=3)
-    assert [(r.id, r.score) for r in fast] == [(r.id, pytest.approx(r.score, abs=1e-6)) for r in results]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = SearchEngine(ours.folder)
+        answer = again.query(image=picture, top_k=3)
+    assert not again.vectors.rebuilt and not again.torch_loaded
+    assert [(r.id, r.score) for r in answer] == [(r.id, pytest.approx(r.score, abs=1e-6)) for r in results]
     assert_faiss_matches_db(ours)
 
 

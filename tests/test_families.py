@@ -61,7 +61,7 @@ FAMILIES = [
 def registered():
     import open_clip
 
-    import encoders  # noqa: F401  (registers clipsearch-tiny first)
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny first)
 
     open_clip.add_model_config(CONFIGS)
 
@@ -168,10 +168,10 @@ def _fine_tune(start: dict, family: Family, corpus: Path, out: Path, monkeypatch
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.model.split("/")[-1])
 def test_family_end_to_end(family, offline, shapes, tmp_path, monkeypatch):
     from encoders import ModelSpec, load_encoder
+    from encoders.text.sidecar import export_state
     from indexer import IndexOptions, Library, index_folders
     from search import SearchEngine
     from search.reindex import reindex
-    from search.textonnx import export_state
     from train.eval import evaluate_checkpoint
 
     # load: the embedding size is the config's, whatever the towers are
@@ -185,7 +185,8 @@ def test_family_end_to_end(family, offline, shapes, tmp_path, monkeypatch):
     summary = index_folders(Library.open(library, create=True), encoder, [shapes / "images"], IndexOptions(workers=0))
     assert summary.added == summary.embedded == 16 and summary.failed == 0
     fingerprint = Library.open(library).model.fingerprint
-    expected = {r.path: r.score for r in SearchEngine(library, encoder=encoder).query(QUERY, top_k=5)}
+    pytorch = SearchEngine(library, encoder=encoder, text_encoder=encoder)  # PyTorch's text tower, and no export
+    expected = {r.path: r.score for r in pytorch.query(QUERY, top_k=5)}
 
     # query as a user does: text (PyTorch, then the ONNX export or a refusal with a note), then a picture
     L = ("--library", str(library))

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, draw_picture, make_pictures, run_cli
-from sqlalchemy import inspect, select
+from conftest import ROOT, TINY, draw_picture, library_rows, make_pictures, run_cli
 from test_index import assert_faiss_matches_db
 from test_library_schema import as_made_before_versions
 
 from indexer import OK, IndexOptions, Library, LibraryError, index_folders
 from indexer.hashes import content_hash
 from indexer.scan import ScannedFile, UnreadableFolder, scan
-from indexer.store import Picture, UnreadableFolderRecord
+from indexer.store import PictureRow
 from search import SearchEngine
 
 FAST = IndexOptions(workers=0, batch_size=2)
@@ -47,9 +46,8 @@ def run_unprivileged(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)
 
 
-def rows(library: Library) -> dict[str, Picture]:
-    with library.store.session() as s:
-        return {row.path: row for row in s.scalars(select(Picture))}
+def rows(library: Library) -> dict[str, PictureRow]:
+    return {row.path: row for row in library_rows(library)}
 
 
 def assert_rows_answer(library: Library, paths: list[Path]) -> None:
@@ -78,6 +76,18 @@ def photos(tmp_path):
     return root
 
 
+def fail_to_list(monkeypatch, folder: Path, code: int) -> None:
+    """Listing ``folder`` fails with ``code`` (the scan lists folders with os.scandir); others list as usual."""
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if os.fspath(path) == str(folder):
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
 def test_an_io_error_on_a_folder_keeps_its_rows_until_it_reads_again(photos, library, tiny_encoder, monkeypatch):
     index_folders(library, tiny_encoder, [photos], FAST)
     failing = photos / "b"
@@ -85,14 +95,7 @@ def test_an_io_error_on_a_folder_keeps_its_rows_until_it_reads_again(photos, lib
     kept[0].unlink()  # deleted while its folder cannot be read: unknown to the run, so kept
     (photos / "pic000.png").unlink()  # deleted in a folder that was read: gone
     shutil.rmtree(photos / "c")  # a whole folder gone from a folder that was read: gone
-    real_scandir = os.scandir
-
-    def scandir(path):
-        if os.fspath(path) == str(failing):
-            raise OSError(errno.EIO, os.strerror(errno.EIO), os.fspath(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)  # the scan lists folders with it
+    fail_to_list(monkeypatch, failing, errno.EIO)
     summary = index_folders(library, tiny_encoder, [photos], FAST)
     assert (summary.removed, summary.added, summary.pictures_kept) == (4, 0, 3)
     assert summary.unreadable_folders == [{"path": str(failing), "error": "Input/output error", "pictures_kept": 3}]
@@ -148,7 +151,8 @@ def test_a_folder_without_permission_through_the_cli_as_an_unprivileged_user(pho
                                   check=True).stdout)
     assert (readable["removed"], readable["unreadable_folders"], readable["pictures_kept"]) == (1, [], 0)
     assert "unreadable" not in run_cli("status", "--library", str(library.folder), check=True).stdout
-    assert library.store.counts()["pictures"] == 11 and SearchEngine(library.folder).status()["pictures_kept"] == 0
+    assert library.store.reads.counts()["pictures"] == 11
+    assert SearchEngine(library.folder).status()["pictures_kept"] == 0
 
 
 def test_a_symlinked_folder_whose_target_is_gone(photos, library, tiny_encoder, tmp_path):
@@ -182,14 +186,7 @@ def test_a_symlinked_folder_whose_target_is_gone(photos, library, tiny_encoder, 
 def test_an_unreadable_root_keeps_everything(photos, library, tiny_encoder, monkeypatch):
     index_folders(library, tiny_encoder, [photos], FAST)
 
-    real_scandir = os.scandir
-
-    def scandir(path):
-        if os.fspath(path) == str(photos):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)  # the scan lists folders with it
+    fail_to_list(monkeypatch, photos, errno.EACCES)
     summary = index_folders(library, tiny_encoder, [photos], FAST)
     assert (summary.removed, summary.pictures_kept, len(rows(library))) == (0, 11, 11)
     assert [f["path"] for f in summary.unreadable_folders] == [str(photos)]
@@ -199,11 +196,10 @@ def test_libraries_made_before_the_record_of_unreadable_folders(photos, library,
     """A library from a release before unreadable folders were recorded gets the table when it is next opened
     (the upgrade to this release's schema), and reports none until a run records some."""
     index_folders(library, tiny_encoder, [photos], FAST)
-    library.store.engine.dispose()
-    as_made_before_versions(library.folder, drop=(UnreadableFolderRecord.__tablename__,))
+    library.store.close()
+    as_made_before_versions(library.folder, drop=("unreadable_folders",))
     status = SearchEngine(library.folder).status()
     assert (status["unreadable_folders"], status["pictures_kept"], status["pictures"]) == ([], 0, 11)
-    assert inspect(library.store.engine).has_table(UnreadableFolderRecord.__tablename__)
     index_folders(Library.open(library.folder), tiny_encoder, [photos], FAST)
     assert SearchEngine(library.folder).status()["unreadable_folders"] == []
 
@@ -267,7 +263,7 @@ def assert_in_step(library: Library, root: Path, vectors_by_hash: dict[str, np.n
     held = rows(library)
     files = sorted(str(p) for p in root.rglob("*.png"))
     assert sorted(held) == files
-    kind = library.store.content_hash_kind()
+    kind = library.store.reads.content_hash_kind()
     for path, row in held.items():
         assert row.status == OK, (path, row.error)
         assert row.content_hash == content_hash(Path(path).read_bytes(), kind), path

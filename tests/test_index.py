@@ -11,19 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xxhash
-from conftest import OPENCLIPART, draw_picture, make_pictures
-from sqlalchemy import select
+from alembic import command
+from conftest import OPENCLIPART, both_backends, draw_picture, library_rows, make_pictures
 
-from indexer import FAILED, IndexOptions, Library, MissingRoot, ScanOptions, index_folders
-from indexer.store import Picture
-from indexer.vectors import INDEX_PATTERN
+from indexer import FAILED, OK, IndexOptions, Library, MissingRoot, ScanOptions, index_folders
+from indexer.indexproof import INDEX_PATTERN
+from indexer.store.migrate import config
 from search import SearchEngine
 
 
 def stored(library: Library) -> dict[str, np.ndarray]:
-    with library.store.session() as s:
-        rows = s.query(Picture).filter(Picture.status == "ok").all()
-    return {r.path: np.frombuffer(r.vector, dtype=np.float32) for r in rows}
+    return {r.path: np.frombuffer(r.vector, dtype=np.float32) for r in library_rows(library, OK)}
 
 
 def assert_faiss_matches_db(library: Library) -> None:
@@ -31,8 +29,7 @@ def assert_faiss_matches_db(library: Library) -> None:
     record = library.model
     assert record.index_generation == record.generation
     index = library.vector_index().index
-    with library.store.session() as s:
-        rows = s.query(Picture.id, Picture.vector).filter(Picture.status == "ok").all()
+    rows = library_rows(library, OK)
     assert index.ntotal == len(rows)
     for row in rows:
         assert np.allclose(index.reconstruct(row.id), np.frombuffer(row.vector, dtype=np.float32))
@@ -57,10 +54,11 @@ def library(tmp_path):
     return Library.open(tmp_path / "lib", create=True)
 
 
+@both_backends
 def test_first_index_then_rerun_embeds_nothing(photos, library, tiny_encoder):
     summary = index_folders(library, tiny_encoder, [photos[0].parent])
     assert (summary.added, summary.embedded, summary.failed) == (12, 12, 0)
-    assert library.store.counts() == {"pictures": 12, "failed": 0}
+    assert library.store.reads.counts() == {"pictures": 12, "failed": 0}
     assert_faiss_matches_db(library)
     vectors = stored(library)
     assert all(abs(np.linalg.norm(v) - 1) < 1e-5 for v in vectors.values())
@@ -70,6 +68,7 @@ def test_first_index_then_rerun_embeds_nothing(photos, library, tiny_encoder):
     assert stored(library).keys() == vectors.keys()
 
 
+@both_backends
 def test_changed_moved_and_deleted_files(photos, library, tiny_encoder):
     folder = photos[0].parent
     index_folders(library, tiny_encoder, [folder])
@@ -89,20 +88,27 @@ def test_changed_moved_and_deleted_files(photos, library, tiny_encoder):
     assert str(photos[2]) not in after and str(photos[1]) not in after
     assert np.array_equal(after[str(moved)], before[str(photos[1])])
     assert not np.allclose(after[str(photos[0])], before[str(photos[0])])
-    assert library.store.counts()["pictures"] == 11
+    assert library.store.reads.counts()["pictures"] == 11
     assert_faiss_matches_db(library)
 
 
+@both_backends
 def test_content_hashes_and_libraries_made_with_the_older_hash(photos, library, tiny_encoder):
     """New libraries hash with xxh3-128; one made with blake2b-160 keeps it, so its moves and duplicates
     are still recognised after the upgrade instead of being embedded again."""
     folder = photos[0].parent
     index_folders(library, tiny_encoder, [folder])
-    with library.store.session() as s, s.begin():
-        rows = s.scalars(select(Picture)).all()
-        assert {r.content_hash for r in rows} == {xxhash.xxh3_128_hexdigest(Path(r.path).read_bytes()) for r in rows}
-        for row in rows:  # as the version before xxh3 wrote them
-            row.content_hash = hashlib.blake2b(Path(row.path).read_bytes(), digest_size=20).hexdigest()
+    rows = library_rows(library)
+    assert {r.content_hash for r in rows} == {xxhash.xxh3_128_hexdigest(Path(r.path).read_bytes()) for r in rows}
+    library.store.writes.commit_batch([  # as the version before xxh3 wrote them
+        (r.id, {"content_hash": hashlib.blake2b(Path(r.path).read_bytes(), digest_size=20).hexdigest()})
+        for r in rows], [])
+    with library.store.engine.connect() as connection:  # and without the kind recorded (revision 0003)
+        command.downgrade(config(connection), "0002")
+        connection.commit()
+    library.store.close()
+    library = Library.open(library.folder)  # upgraded: the kind is the one the rows hold
+    assert library.store.reads.content_hash_kind() == "blake2b-160"
     before = stored(library)
 
     moved = folder / "sub" / "renamed.png"
@@ -113,20 +119,21 @@ def test_content_hashes_and_libraries_made_with_the_older_hash(photos, library, 
     summary = index_folders(library, tiny_encoder, [folder])
     assert (summary.moved, summary.duplicates, summary.added, summary.embedded) == (1, 1, 2, 1)
     assert np.array_equal(stored(library)[str(moved)], before[str(photos[1])])
-    with library.store.session() as s:
-        assert {len(h) for h in s.scalars(select(Picture.content_hash))} == {40}
+    assert {len(r.content_hash) for r in library_rows(library)} == {40}
     assert_faiss_matches_db(library)
 
 
+@both_backends
 def test_missing_root_is_an_error_not_a_mass_deletion(photos, library, tiny_encoder, tmp_path):
     folder = photos[0].parent
     index_folders(library, tiny_encoder, [folder])
     shutil.move(folder, tmp_path / "unmounted")
     with pytest.raises(MissingRoot, match="not found"):
         index_folders(library, tiny_encoder, [folder])
-    assert library.store.counts()["pictures"] == 12
+    assert library.store.reads.counts()["pictures"] == 12
 
 
+@both_backends
 def test_hidden_junk_and_excluded_files_are_skipped(tmp_path, library, tiny_encoder):
     root = tmp_path / "photos"
     make_pictures(root, 2)
@@ -147,6 +154,7 @@ def test_hidden_junk_and_excluded_files_are_skipped(tmp_path, library, tiny_enco
     assert ".secret.png" in names and ".hidden/pic050.png" in names and "drafts/pic050.png" not in names
 
 
+@both_backends
 def test_symlinked_folders_followed_without_looping(tmp_path, library, tiny_encoder):
     root = tmp_path / "photos"
     make_pictures(root / "a", 2)
@@ -157,6 +165,7 @@ def test_symlinked_folders_followed_without_looping(tmp_path, library, tiny_enco
     assert summary.added == 3 and summary.failed == 0
 
 
+@both_backends
 def test_bad_files_are_recorded_and_skipped(tmp_path, library, tiny_encoder):
     root = tmp_path / "photos"
     make_pictures(root, 3)
@@ -170,14 +179,13 @@ def test_bad_files_are_recorded_and_skipped(tmp_path, library, tiny_encoder):
 
     summary = index_folders(library, tiny_encoder, [root])
     assert summary.added == 4 and summary.failed == 5
-    failures = dict(library.store.failures())
+    failures = dict(library.store.reads.failures())
     reasons = {os.path.basename(p): r for p, r in failures.items()}
     assert reasons["empty.jpg"] == "empty file"
     assert "truncated" in reasons["truncated.jpg"].lower()
     assert "not a picture" in reasons["text.png"] and "not a picture" in reasons["random.webp"]
     assert "pixels" in reasons["bomb.png"]
-    with library.store.session() as s:
-        assert all(p.vector is None for p in s.query(Picture).filter(Picture.status == FAILED))
+    assert all(p.vector is None for p in library_rows(library, FAILED))
     # Unchanged bad files are not retried; a fixed one is.
     draw_picture(8).save(root / "text.png")
     again = index_folders(library, tiny_encoder, [root])
@@ -185,6 +193,7 @@ def test_bad_files_are_recorded_and_skipped(tmp_path, library, tiny_encoder):
     assert_faiss_matches_db(library)
 
 
+@both_backends
 def test_exact_duplicates_are_embedded_once(tmp_path, library, tiny_encoder):
     root = tmp_path / "photos"
     pics = make_pictures(root, 3)
@@ -196,6 +205,7 @@ def test_exact_duplicates_are_embedded_once(tmp_path, library, tiny_encoder):
     assert np.array_equal(vectors[str(root / "copy-a.png")], vectors[str(pics[0])])
 
 
+@both_backends
 def test_self_retrieval_and_brute_force_agreement(photos, library, tiny_encoder, tmp_path):
     index_folders(library, tiny_encoder, [photos[0].parent])
     engine = SearchEngine(library.folder, encoder=tiny_encoder)
@@ -219,6 +229,7 @@ def test_self_retrieval_and_brute_force_agreement(photos, library, tiny_encoder,
         assert np.allclose([r.score for r in results], (matrix @ q)[brute], atol=1e-5)
 
 
+@both_backends
 def test_query_under_a_folder(tmp_path, library, tiny_encoder):
     root = tmp_path / "photos"
     make_pictures(root / "2023", 6)
@@ -230,6 +241,7 @@ def test_query_under_a_folder(tmp_path, library, tiny_encoder):
     assert len(results) == 6 and all(r.path.startswith(str(root / "2024") + os.sep) for r in results)
 
 
+@both_backends
 def test_faiss_file_is_derived_and_rebuilt(photos, library, tiny_encoder):
     index_folders(library, tiny_encoder, [photos[0].parent])
     files = list(library.folder.glob(INDEX_PATTERN.format(generation="*")))

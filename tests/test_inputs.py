@@ -25,27 +25,26 @@ from conftest import ROOT, draw_picture, make_pictures
 from input_helpers import GIB, assert_refused, python_limited, run_limited, snapshot, solid_png
 from PIL import Image
 
-from encoders import decode
+from encoders import InputFileError, decode, load_templates
 from encoders.images import on_white
 from indexer import Library, index_folders
 from search import QueryError, SearchEngine, Term
 from search.terms import TermError, combine
-from userfiles import InputFileError, load_templates
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory, tiny_encoder):
-    """A tiny-model library of 12 drawn pictures (its text tower exported, so text queries take the fast path),
+    """A tiny-model library of 12 drawn pictures (its text tower exported, so text queries run in ONNX Runtime),
     and hostile inputs beside it."""
-    pytest.importorskip("onnxruntime", reason="the fast path needs onnxruntime (and onnx to export)")
+    pytest.importorskip("onnxruntime", reason="the ONNX text tower needs onnxruntime (and onnx to export)")
     pytest.importorskip("onnx")
     base = tmp_path_factory.mktemp("inputs")
     make_pictures(base / "pics", 12)
     lib = Library.open(base / "lib", create=True)
     index_folders(lib, tiny_encoder, [base / "pics"])
-    assert SearchEngine(lib.folder, encoder=tiny_encoder).prepare_fast_queries() is not None
+    assert SearchEngine(lib.folder, encoder=tiny_encoder).prepare_text_tower()
     hostile = base / "hostile"
     hostile.mkdir()
     os.mkfifo(hostile / "fifo.txt")  # opening it for reading would wait for a writer forever
@@ -251,7 +250,7 @@ def test_page_uploads_previews_and_the_indexer_share_the_bound(library, tiny_enc
     other = Library.open(base / "other_lib", create=True)
     summary = index_folders(other, tiny_encoder, [folder])
     assert summary.added == 2 and summary.failed == 1
-    assert dict(other.store.failures())[str(folder / "bomb.png")].startswith("too large to decode")
+    assert dict(other.store.reads.failures())[str(folder / "bomb.png")].startswith("too large to decode")
 
 
 # -- numbers --------------------------------------------------------------------------------------------

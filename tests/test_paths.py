@@ -15,11 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, draw_picture, run_cli
+from conftest import ROOT, draw_picture, library_rows, run_cli, run_cli_commands
 from input_helpers import assert_refused, snapshot
-from sqlalchemy import select
 
-from indexer import Library, Picture, index_folders
+from indexer import Library, index_folders
 from indexer.store import folder_range
 from search import SearchEngine
 from search.filters import Filters
@@ -44,7 +43,7 @@ def fs(path: bytes) -> str:
 def named(tmp_path_factory, tiny_encoder):
     """A library of two roots (one whose own name is not UTF-8) holding every kind of name, and the bytes
     of every picture path."""
-    pytest.importorskip("onnxruntime", reason="the fast path needs onnxruntime (and onnx to export)")
+    pytest.importorskip("onnxruntime", reason="the ONNX text tower needs onnxruntime (and onnx to export)")
     pytest.importorskip("onnx")
     base = os.fsencode(tmp_path_factory.mktemp("paths"))
     roots = [base + b"/pics", base + b"/more\xff"]
@@ -56,7 +55,7 @@ def named(tmp_path_factory, tiny_encoder):
         paths.add(path)
     lib = Library.open(Path(fs(base + b"/lib")), create=True)
     index_folders(lib, tiny_encoder, [Path(fs(r)) for r in roots])
-    assert SearchEngine(lib.folder, encoder=tiny_encoder).prepare_fast_queries() is not None
+    assert SearchEngine(lib.folder, encoder=tiny_encoder).prepare_text_tower()
     return lib, roots, paths
 
 
@@ -105,14 +104,23 @@ def run_bytes(*args, env=None) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+def run_bytes_together(lib, commands: dict[str, tuple]) -> dict[str, subprocess.CompletedProcess]:
+    """Each named `search ...` on the library, all in one process under the same strict C locale as run_bytes (whose
+    PYTHONIOENCODING makes stdout the same UTF-8 strict stream typer's runner gives), output kept as bytes."""
+    commands = {name: [os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args]
+                for name, args in commands.items()}
+    answers = run_cli_commands(lib.folder, commands, env=STRICT)
+    return {name: subprocess.CompletedProcess(r.args, r.returncode, *(os.fsencode(t) for t in (r.stdout, r.stderr)))
+            for name, r in answers.items() if name != "api"}
+
+
 def test_reindexing_roots_with_any_bytes_in_names(named, tiny_encoder):
     """A name beginning with byte 0xff made every later index of its root fail (UNIQUE constraint)."""
     lib, roots, paths = named
     before = snapshot(lib.folder)
     summary = index_folders(lib, tiny_encoder, [Path(fs(r)) for r in roots])
     assert (summary.added, summary.removed, summary.unchanged) == (0, 0, len(paths))
-    with lib.store.session() as s:
-        assert {os.fsencode(p) for p in s.scalars(select(Picture.path))} == paths
+    assert {os.fsencode(r.path) for r in library_rows(lib)} == paths
     assert snapshot(lib.folder)[0]["pictures"] == before[0]["pictures"]
 
 
@@ -122,7 +130,7 @@ def test_folder_range_holds_exactly_the_paths_inside():
     for _ in range(300):
         folder = b"/" + bytes(rng.choice(name_bytes) for _ in range(rng.randrange(1, 6)))
         low, high = folder_range(fs(folder))
-        assert (low, high) == Filters(under=fs(folder)).under_prefix() == folder_range(fs(folder + b"/"))
+        assert (low, high) == folder_range(fs(folder + b"/"))
         for _ in range(20):
             tail = bytes(rng.choice(name_bytes + [ord("/")]) for _ in range(rng.randrange(0, 8)))
             inside = folder + b"/" + tail
@@ -145,18 +153,13 @@ def test_under_finds_exactly_the_folder_on_every_path(named, tiny_encoder, folde
     if expected is not None:
         assert want == sorted(base + b"/" + e for e in expected)
     before = snapshot(lib.folder)
-    fast = run_bytes("query", "a picture", "--under", under, "--top", "50", "--print0", *library_args(lib))
-    assert fast.returncode == 0, fast.stderr
-    assert sorted(fast.stdout.split(b"\0")[:-1]) == want
+    shown = run_bytes("query", "a picture", "--under", under, "--top", "50", "--print0", *library_args(lib))
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(shown.stdout.split(b"\0")[:-1]) == want
     engine = SearchEngine(lib.folder, encoder=tiny_encoder)
     assert sorted(os.fsencode(r.path) for r in engine.query("a picture", under=fs(under), top_k=50)) == want
-    filters = Filters.make(under=fs(under))
-    where, params = filters.sqlite_where()
-    with lib.store.session() as s:
-        by_sqlalchemy = set(s.scalars(select(Picture.id).where(*filters.clauses())))
-        by_sqlite = {r[0] for r in s.connection().exec_driver_sql(f"SELECT id FROM pictures WHERE {where}",
-                                                                    tuple(params))}
-    assert by_sqlalchemy == by_sqlite and len(by_sqlite) == len(want)
+    ids = lib.store.reads.matching_ids(Filters.make(under=fs(under)))
+    assert sorted(os.fsencode(r.path) for r in lib.store.reads.pictures(ids).values()) == want
     assert snapshot(lib.folder) == before
 
 
@@ -168,8 +171,7 @@ def test_remove_forgets_exactly_the_folder(named, tmp_path):
     result = run_bytes("remove", gone, "--json", "--library", str(copy))
     assert strict_json(result) == {"pictures": 1, "roots": []}
     after = Library.open(copy)
-    with after.store.session() as s:
-        left = {os.fsencode(p) for p in s.scalars(select(Picture.path))}
+    left = {os.fsencode(r.path) for r in library_rows(after)}
     assert left == {p for p in paths if not p.startswith(gone + b"/")}
     assert after.vector_index().ntotal == len(left)
     result = run_bytes("remove", roots[1], "--json", "--library", str(copy))
@@ -182,23 +184,23 @@ def test_json_is_utf8_under_any_locale_and_gives_the_exact_bytes_back(named, tmp
     before = snapshot(lib.folder)
     L = library_args(lib)
     own = next(p for p in paths if p.endswith(b"\xffname.png"))
-    answers = {
-        "query": run_bytes("query", "a picture", "--top", "50", "--json", *L),
-        "query picture": run_bytes("query", "--image", own, "--top", "50", "--json", *L),
-        "query engine": run_bytes("query", "a picture", "--top", "50", "--json", *L, env={"SEARCH_NO_FAST_PATH": "1"}),
-        "duplicates": run_bytes("duplicates", "--threshold", "-1", "--json", *L),
-        "export": run_bytes("export", *L),
-    }
-    for name, result in answers.items():
-        value = strict_json(result)
-        assert sorted(exact_paths(value)) == sorted(paths), name
-    assert exact_paths(strict_json(answers["query picture"]))[0] == own  # the picture itself, first
-    status = strict_json(run_bytes("status", "--json", *L))
-    assert [base64.b64decode(b) if b else r.encode() for r, b in zip(status["roots"], status["roots_base64"],
-                                                                      strict=True)] == sorted(roots)
     out = Path(fs(os.fsencode(tmp_path) + b"/out\xff/export \xfe.json"))
     out.parent.mkdir()
-    result = run_bytes("export", "--vectors", "-o", os.fsencode(out), *L)
+    answers = run_bytes_together(lib, {  # one process for all; one real `search query` process besides
+        "query picture": ("query", "--image", own, "--top", "50", "--json"),
+        "duplicates": ("duplicates", "--threshold", "-1", "--json"),
+        "export": ("export",),
+        "status": ("status", "--json"),
+        "export to file": ("export", "--vectors", "-o", os.fsencode(out)),
+    })
+    status, result = strict_json(answers.pop("status")), answers.pop("export to file")
+    answers["query"] = run_bytes("query", "a picture", "--top", "50", "--json", *L)
+    for name, answer in answers.items():
+        value = strict_json(answer)
+        assert sorted(exact_paths(value)) == sorted(paths), name
+    assert exact_paths(strict_json(answers["query picture"]))[0] == own  # the picture itself, first
+    assert [base64.b64decode(b) if b else r.encode() for r, b in zip(status["roots"], status["roots_base64"],
+                                                                      strict=True)] == sorted(roots)
     assert result.returncode == 0 and result.stdout == b"", result.stderr
     exported = strict_json(out.read_bytes())
     assert sorted(exact_paths(exported)) == sorted(paths)
@@ -241,15 +243,18 @@ def test_names_reach_a_terminal_escaped(named, tiny_encoder):
         else:
             assert line.encode() in paths
     assert {shown(fs(p)).startswith("$'") for p in paths} == {True, False}
-    ranked = run_bytes("query", "a picture", "--top", "50", *L)
+    missing = os.path.dirname(roots[0]) + b"/gone\n\x1b[2Jaway.png"
+    answers = run_bytes_together(lib, {"ranked": ("query", "a picture", "--top", "50"),  # the rest in one process
+                                       "groups": ("duplicates", "--threshold", "-1"), "status": ("status",),
+                                       "missing": ("query", "--image", missing)})
+    ranked = answers["ranked"]
     assert ranked.returncode == 0 and len(ranked.stdout.splitlines()) == len(paths)
     assert not any(b in ranked.stdout for b in (b"\x1b", b"\xc2\x9b", "\u202e".encode()))
-    groups = run_bytes("duplicates", "--threshold", "-1", *L).stdout
+    groups = answers["groups"].stdout
     assert len(groups.splitlines()) == 1 + len(paths) and b"\x1b" not in groups
-    status = run_bytes("status", *L).stdout.decode()
+    status = answers["status"].stdout.decode()
     assert "roots:     " + ", ".join(shown(fs(r)) for r in sorted(roots)) + "\n" in status
-    missing = os.path.dirname(roots[0]) + b"/gone\n\x1b[2Jaway.png"
-    result = run_bytes("query", "--image", missing, *L)
+    result = answers["missing"]
     assert_refused(subprocess.CompletedProcess(result.args, result.returncode, "", result.stderr.decode()),
                    "picture not found", "gone\\n\\x1b[2Jaway.png")
     assert snapshot(lib.folder) == before
@@ -259,10 +264,12 @@ def test_export_output_errors_are_one_line(named, tmp_path):
     lib, _, _ = named
     before = snapshot(lib.folder)
     L = library_args(lib)
-    for target, message in ((tmp_path, "is a folder: name a file to write"),
-                            (tmp_path / "missing" / "x.json", "No such file or directory"),
-                            (Path("/dev/full"), "No space left on device")):
-        result = run_cli("export", "-o", str(target), *L)
-        assert_refused(result, message)
+    targets = {"is a folder: name a file to write": tmp_path,
+               "No such file or directory": tmp_path / "missing" / "x.json"}
+    answers = run_cli_commands(lib.folder, {message: ["export", "-o", str(t)] for message, t in targets.items()})
+    answers["No space left on device"] = run_cli("export", "-o", "/dev/full", *L)  # one real process besides
+    for message, result in answers.items():
+        if message != "api":
+            assert_refused(result, message)
     assert not (tmp_path / "missing").exists()
     assert snapshot(lib.folder) == before

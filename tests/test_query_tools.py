@@ -1,4 +1,4 @@
-"""Issue 6: combined queries, filters inside the vector search, the ONNX fast path, and the library tools.
+"""Combined queries, filters inside the vector search, the engine's two text towers, and the library tools.
 
 Most tests use a synthetic library whose vectors the test chooses (so results can be
 predicted and compared with brute force); the model-dependent ones use the tiny model.
@@ -11,15 +11,17 @@ import os
 import subprocess
 import sys
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, make_pictures
+from conftest import ROOT, both_backends, library_rows, make_pictures
 
 from indexer import Library, index_folders
-from indexer.store import Picture, vector_bytes
+from indexer.hashes import content_hash
+from indexer.store import utcnow
 from indexer.vectors import VectorIndex
-from search import SearchEngine, Term, fastpath
+from search import SearchEngine, Term
 from search.filters import Filters
 from search.terms import TermError, combine, parse_terms
 from search.tools import find_duplicates, remove_paths
@@ -50,22 +52,23 @@ def make_synthetic(folder, entries: list[dict]) -> Library:
     """A library with chosen rows and vectors (no model needed): each entry has path, vector and optionally
     taken_at, mtime_ns, content_hash. Files are created so picture terms can name them."""
     lib = Library.open(folder, create=True)
-    lib.store.set_model("synthetic", "synthetic:0", "synthetic0000000", "none", DIM)
-    with lib.store.session() as s, s.begin():
-        for e in entries:
-            path = e["path"]
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if not os.path.exists(path):
-                with open(path, "wb") as f:
-                    f.write(e.get("bytes", path.encode()))
+    lib.store.writes.set_model("synthetic", "synthetic:0", "synthetic0000000", "none", DIM)
+    rows = []
+    for e in entries:
+        path = e["path"]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not os.path.exists(path):
+            with open(path, "wb") as f:
+                f.write(e.get("bytes", path.encode()))
+        st = os.stat(path)
+        if "mtime_ns" in e:
+            os.utime(path, ns=(e["mtime_ns"], e["mtime_ns"]))
             st = os.stat(path)
-            if "mtime_ns" in e:
-                os.utime(path, ns=(e["mtime_ns"], e["mtime_ns"]))
-                st = os.stat(path)
-            s.add(Picture(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, content_hash=e.get("hash", path),
-                          width=10, height=10, taken_at=e.get("taken_at"), status="ok",
-                          vector=vector_bytes(unit(e["vector"]))))
-        lib.store.bump_generation(s)
+        rows.append({"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                     "content_hash": e.get("hash", content_hash(path.encode())),
+                     "width": 10, "height": 10, "taken_at": e.get("taken_at"), "status": "ok",
+                     "vector": unit(e["vector"]).tobytes(), "indexed_at": utcnow()})
+    lib.store.writes.commit_batch([], rows)
     record = lib.model
     index = VectorIndex.rebuild(lib.store, DIM, record.generation)
     index.save(lib.folder, lib.store)
@@ -73,8 +76,7 @@ def make_synthetic(folder, entries: list[dict]) -> Library:
 
 
 def brute_force(lib: Library, vector: np.ndarray, k: int, keep=lambda row: True) -> list[tuple[int, float]]:
-    with lib.store.session() as s:
-        rows = [r for r in s.query(Picture).filter(Picture.status == "ok") if keep(r)]
+    rows = [r for r in library_rows(lib, "ok") if keep(r)]
     scored = sorted(((float(np.frombuffer(r.vector, np.float32) @ vector), r.id) for r in rows), reverse=True)
     return [(i, score) for score, i in scored[:k]]
 
@@ -118,27 +120,23 @@ def test_combined_query_is_the_renormalised_weighted_sum(synthetic):
     lib, rng = synthetic
     engine = SearchEngine(lib.folder)
     a, b = unit(rng.normal(size=DIM)), unit(rng.normal(size=DIM))
-    with lib.store.session() as s:
-        row = s.query(Picture).first()
+    row = library_rows(lib)[0]
     stored = np.frombuffer(row.vector, np.float32)
     terms = [Term(a, 2.0), Term(row.path, 1.0), Term(b, -0.5)]
     expected = combine([a, stored, b], [2.0, 1.0, -0.5])
     assert np.allclose(expected, unit(2 * a + stored - 0.5 * b), atol=1e-6)
     got = engine.query(terms=terms, top_k=8)
     assert [(r.id, round(r.score, 4)) for r in got] == [(i, round(s, 4)) for i, s in brute_force(lib, expected, 8)]
-    # The fast path (no torch) combines the same way.
-    fast = fastpath.query(lib.folder, terms, top_k=8)
-    assert [r.id for r in fast] == [r.id for r in got]
 
 
 def test_picture_term_finds_itself_first(synthetic):
     lib, _ = synthetic
-    with lib.store.session() as s:
-        paths = [r.path for r in s.query(Picture).limit(5)]
+    paths = [r.path for r in library_rows(lib)[:5]]
     engine = SearchEngine(lib.folder)
     for path in paths:
         assert engine.query(image=path, top_k=1)[0].path == path
-        assert fastpath.query(lib.folder, [Term(path)], top_k=1)[0].path == path
+        assert engine.query(terms=[Term(path)], top_k=1)[0].path == path
+    assert not engine.torch_loaded  # the library's own pictures: their stored vectors, no model
 
 
 # -- filters -------------------------------------------------------------------------------------
@@ -165,6 +163,7 @@ def _keep(filters: Filters):
     {"after": "2012-01", "before": "2023"},
     {"under": "pics/big", "ext": "JPG", "after": "2021"},
 ])
+@both_backends
 def test_filtered_search_equals_brute_force_over_the_filtered_rows(synthetic, tmp_path, kwargs):
     lib, rng = synthetic
     if "under" in kwargs:
@@ -176,16 +175,10 @@ def test_filtered_search_equals_brute_force_over_the_filtered_rows(synthetic, tm
     assert expected, "the filter should match something"
     got = engine.query(terms=[Term(query)], top_k=10, **{("tags" if k == "tag" else k): v for k, v in kwargs.items()})
     assert [(r.id, round(r.score, 4)) for r in got] == [(i, round(s, 4)) for i, s in expected]
-    fast = fastpath.query(lib.folder, [Term(query)], top_k=10, filters=filters)
-    assert [r.id for r in fast] == [r.id for r in got]
-    # Both renderings of the filter select the same rows.
-    where, params = filters.sqlite_where()
-    import sqlite3
-    with sqlite3.connect(lib.folder / "library.db") as c:
-        raw = sorted(r[0] for r in c.execute(f"SELECT id FROM pictures WHERE {where}", params))
-    assert raw == sorted(engine.matching_ids(filters).tolist())
+    assert engine.query(terms=[Term(query)], top_k=10, filters=filters) == got  # the same filter, made beforehand
 
 
+@both_backends
 def test_asking_for_ten_under_a_small_folder_returns_ten(synthetic, tmp_path):
     lib, rng = synthetic
     engine = SearchEngine(lib.folder)
@@ -207,11 +200,12 @@ def test_min_score_and_sort(synthetic):
     by_date = engine.query(terms=q, top_k=20, sort="date")
     dates = [r.taken_at or r.modified for r in by_date]
     assert dates == sorted(dates) and {r.id for r in by_date} == {r.id for r in top}
-    assert fastpath.query(lib.folder, q, top_k=20, sort="date", min_score=cut) == [r for r in by_date if r.score >= cut]
+    assert engine.query(terms=q, top_k=20, sort="date", min_score=cut) == [r for r in by_date if r.score >= cut]
 
 
 # -- duplicates ----------------------------------------------------------------------------------
 
+@both_backends
 def test_duplicates_by_construction(tmp_path):
     rng = np.random.default_rng(1)
     base_a, base_b = unit(rng.normal(size=DIM)), unit(rng.normal(size=DIM))
@@ -244,42 +238,44 @@ def test_duplicates_by_construction(tmp_path):
 
 # -- remove, export ------------------------------------------------------------------------------
 
+@both_backends
 def test_remove_files_folders_and_roots(synthetic, tmp_path):
     lib, _ = synthetic
-    with lib.store.session() as s, s.begin():
-        from indexer.store import Root
-        s.add(Root(path=str(tmp_path / "pics" / "small")))
+    lib.store.writes.mark_indexed([str(tmp_path / "pics" / "small")], {})
     one = str(tmp_path / "pics" / "big" / "p21.png")
     summary = remove_paths(lib, [one])
-    assert summary.pictures == 1 and lib.store.picture_by_path(one) is None
+    assert summary.pictures == 1 and lib.store.reads.picture_by_path(one) is None
     summary = remove_paths(lib, [tmp_path / "pics" / "small"])
     assert summary.pictures == 12 and summary.roots == [str(tmp_path / "pics" / "small")]
-    assert lib.store.counts()["pictures"] == 47
+    assert lib.store.reads.counts()["pictures"] == 47
     index = lib.vector_index().index
     assert index.ntotal == 47 and lib.model.index_generation == lib.model.generation
     result = cli("remove", str(tmp_path / "nowhere"), "--library", str(lib.folder))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nothing in the library" in result.stderr
 
 
+@both_backends
 def test_export_json_with_vectors(synthetic):
     lib, _ = synthetic
     out = cli("export", "--json", "--vectors", "--library", str(lib.folder), check=True)
     data = json.loads(out.stdout)
     assert data["model"]["embed_dim"] == DIM and len(data["pictures"]) == 60
     first = data["pictures"][0]
-    row = lib.store.pictures([first["id"]])[first["id"]]
+    row = lib.store.reads.pictures([first["id"]], vectors=True)[first["id"]]
     assert first["path"] == row.path and np.allclose(first["vector"], np.frombuffer(row.vector, np.float32))
     assert "vector" not in json.loads(cli("export", "--library", str(lib.folder), check=True).stdout)["pictures"][0]
 
 
-# -- the model: ONNX fast path, tags, reindex, CLI ---------------------------------------------
+# -- the model: the engine's two text towers, the CLI, tags, reindex ------------------------------
 
 @pytest.fixture(scope="module")
 def tiny_library(tmp_path_factory):
-    """A tiny-model library of 24 drawn pictures, its ONNX tower exported (module-wide: it takes a while)."""
-    pytest.importorskip("onnxruntime", reason="the fast path needs onnxruntime (and onnx to export)")
+    """A tiny-model library of 24 drawn pictures, and an engine whose first query exported its text tower to ONNX
+    (module-wide: it takes a while)."""
+    pytest.importorskip("onnxruntime", reason="the ONNX text tower needs onnxruntime (and onnx to export)")
     pytest.importorskip("onnx")
     from encoders import ModelSpec, load_encoder
+    from encoders.text.onnx_runtime import OnnxTextEncoder
 
     base = tmp_path_factory.mktemp("tiny")
     make_pictures(base / "pics" / "a", 12)
@@ -288,8 +284,16 @@ def tiny_library(tmp_path_factory):
     lib = Library.open(base / "lib", create=True)
     index_folders(lib, encoder, [base / "pics"])
     engine = SearchEngine(lib.folder, encoder=encoder)
-    assert engine.prepare_fast_queries() is not None
+    assert engine.text_encoder is encoder  # nothing exported yet: PyTorch's tower
+    assert engine.query("a first query", top_k=3)
+    # That query had the PyTorch model at hand: the tower is exported, and every later query runs it in ONNX Runtime.
+    assert engine.text_towers.exported and isinstance(engine.text_encoder, OnnxTextEncoder)
     return base, lib, engine
+
+
+def pytorch_engine(lib: Library, engine: SearchEngine) -> SearchEngine:
+    """The same library with its text tower fixed to PyTorch's."""
+    return SearchEngine(lib.folder, encoder=engine.encoder, text_encoder=engine.encoder)
 
 
 TEXTS = ["a dog", "golden retriever on a beach", "RECEIPT!!", "café &amp; crème brûlée", "日本語のテキスト", "",
@@ -297,7 +301,7 @@ TEXTS = ["a dog", "golden retriever on a beach", "RECEIPT!!", "café &amp; crèm
 
 
 def test_pure_python_tokenizer_matches_open_clip(tiny_library):
-    from search.textonnx import ClipTokenizer
+    from encoders.text.tokenizer import ClipTokenizer
 
     _, _, engine = tiny_library
     ours = ClipTokenizer(engine.encoder.tokenizer.context_length)
@@ -306,26 +310,51 @@ def test_pure_python_tokenizer_matches_open_clip(tiny_library):
     assert np.array_equal(ClipTokenizer(77)(TEXTS), open_clip.get_tokenizer("ViT-B-32")(TEXTS).numpy())
 
 
-def test_onnx_text_vectors_match_pytorch(tiny_library):
-    from search.textonnx import OnnxTextEncoder
+def test_the_two_text_towers_give_the_same_vectors_and_top_ten(tiny_library):
+    """ONNX Runtime's tower (the engine's choice once exported) against PyTorch's, as bench/onnx_agreement.py
+    measures them: the cosine of each text's two vectors, and the identical top 10 in the identical order."""
+    from encoders import PAPER_TEMPLATES
 
     _, lib, engine = tiny_library
-    onnx = OnnxTextEncoder.for_library(lib.folder, lib.model.fingerprint)
-    cosines = (onnx.encode_texts(TEXTS) * engine.encoder.encode_texts(TEXTS)).sum(axis=1)
-    assert cosines.min() >= 0.99999  # README: "cosine >= 0.99999"; measured 0.9999999 (tiny and ViT-B-32)
+    pytorch = pytorch_engine(lib, engine)
+    texts = TEXTS + [t.format(label) for label in ("dog", "red circle") for t in PAPER_TEMPLATES[:20]]
+    onnx_vectors, torch_vectors = engine.text_vectors(texts), pytorch.text_vectors(texts)
+    assert (onnx_vectors * torch_vectors).sum(axis=1).min() >= 0.99999  # README; measured 0.9999999 (tiny, ViT-B-32)
+    for onnx_vector, torch_vector in zip(onnx_vectors, torch_vectors, strict=True):
+        fast, slow = engine.search_vector(onnx_vector, top_k=10), pytorch.search_vector(torch_vector, top_k=10)
+        assert [r.id for r in fast] == [r.id for r in slow]
+        assert np.allclose([r.score for r in fast], [r.score for r in slow], atol=1e-5)
 
 
 @pytest.mark.parametrize("ensemble", [False, True])
-def test_fast_path_results_equal_the_pytorch_path(tiny_library, ensemble):
+def test_the_two_text_towers_answer_every_kind_of_query_alike(tiny_library, ensemble):
+    """Combined terms (weights, a library picture, a subtracted text), ensembles and filters: the same answers."""
     base, lib, engine = tiny_library
+    pytorch = pytorch_engine(lib, engine)
     pic = str(base / "pics" / "a" / "pic003.png")
-    for terms in ([Term("a red circle")], [Term("2:x", 2.0, False), Term(pic), Term("blue", -1.0, False)]):
-        slow = engine.query(terms=terms, top_k=10, ensemble=ensemble, ext="jpg" if ensemble else None)
-        fast = fastpath.query(lib.folder, terms, top_k=10, ensemble=ensemble,
-                              filters=Filters.make(ext="jpg" if ensemble else None))
-        assert fast is not None
-        assert [r.path for r in fast] == [r.path for r in slow]
+    filters = dict(ext="jpg", under=base / "pics") if ensemble else {}
+    for terms in ([Term("a red circle")], [Term("x", 2.0, False), Term(pic), Term("blue", -1.0, False)]):
+        fast = engine.query(terms=terms, top_k=10, ensemble=ensemble, **filters)
+        slow = pytorch.query(terms=terms, top_k=10, ensemble=ensemble, **filters)
+        assert len(fast) == 10 and [r.path for r in fast] == [r.path for r in slow]
         assert np.allclose([r.score for r in fast], [r.score for r in slow], atol=1e-5)
+
+
+def test_an_export_of_another_version_or_model_is_not_used(tiny_library, tmp_path):
+    from encoders.text import sidecar
+
+    _, lib, engine = tiny_library
+    fingerprint = lib.model.fingerprint
+    assert sidecar.export_state(lib.folder, fingerprint) == sidecar.READY
+    files = sidecar.tower_files(lib.folder, fingerprint)
+    older = tmp_path / "older"
+    older.mkdir()
+    for path in (files.graph, files.weights):
+        (older / path.name).symlink_to(path)
+    meta = json.loads(files.meta.read_text())
+    for other in ({**meta, "version": sidecar.EXPORT_VERSION - 1}, {**meta, "fingerprint": "0" * 16}):
+        (older / files.meta.name).write_text(json.dumps(other))
+        assert sidecar.export_state(older, fingerprint) == sidecar.MISSING
 
 
 def test_cli_query_forms_and_errors(tiny_library):
@@ -350,15 +379,75 @@ def test_cli_query_forms_and_errors(tiny_library):
         assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
 
 
-def test_cli_text_query_does_not_import_torch(tiny_library):
-    _, lib, _ = tiny_library
-    code = ("import sys; sys.argv = ['search', 'query', 'a dog', '--library', sys.argv[1]]\n"
-            "from search.cli import app\ntry:\n    app()\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'torch was imported'\n")
-    result = subprocess.run([sys.executable, "-c", code, str(lib.folder)], capture_output=True, text=True, cwd=ROOT,
-                            timeout=120)
+def test_cli_api_and_page_answer_alike(tiny_library, monkeypatch):
+    """`search query`, SearchEngine.query and the search page: one query path, the same ranking."""
+    pytest.importorskip("streamlit")
+    from app_helpers import open_app, result_names
+
+    _, lib, engine = tiny_library
+    api = engine.query("a red circle", top_k=10)
+    shown = json.loads(cli("query", "a red circle", "--top", "10", "--json", "--library", lib.folder,
+                           check=True).stdout)["results"]
+    at = open_app(monkeypatch, lib.folder)
+    at.text_input(key="q").input("a red circle").run()
+    at.sidebar.slider(key="top_k").set_value(10).run()
+    assert not at.exception and not at.error
+    page_scores = [float(m.value.split("**")[1]) for m in at.markdown if m.value.startswith("**") and " · " in m.value]
+    assert [r["path"] for r in shown] == [r.path for r in api]
+    assert [r["score"] for r in shown] == pytest.approx([r.score for r in api], abs=1e-6)
+    assert result_names(at) == [os.path.basename(r.path) for r in api]
+    assert page_scores == [round(r.score, 3) for r in api]
+
+
+def cold_queries_without_torch(library: Path, queries: list[list[str]], env: dict | None = None) -> str:
+    """Each `search query` (``--paths-only``) in one fresh process, which must import neither torch nor open_clip;
+    what they printed."""
+    code = ("import json, sys\n"
+            "from search.cli import app\n"
+            "for args in json.loads(sys.argv[1]):\n"
+            "    try:\n"
+            "        app(['query', *args, '--paths-only', '--library', sys.argv[2]], prog_name='search')\n"
+            "    except SystemExit as e:\n"
+            "        assert not e.code, (args, e.code)\n"
+            "assert not {'torch', 'open_clip'} & set(sys.modules), 'torch or open_clip was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(queries), str(library)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("\n") == 10
+    return result.stdout
+
+
+def test_cold_text_queries_import_no_torch(tiny_library):
+    """Every form of text query the tower serves (an ensemble, a library picture mixed in, filters) runs without
+    torch or open_clip: a whole `search query` process."""
+    base, lib, _ = tiny_library
+    pic = str(base / "pics" / "a" / "pic003.png")
+    queries = [["a dog"], ["a dog", "--ensemble"],
+               ["2:red circle", "+", pic, "-", "blue", "--under", str(base / "pics"), "--ext", "png"],
+               ["--image", pic, "--sort", "path"]]
+    assert cold_queries_without_torch(lib.folder, queries).count("\n") == 10 * len(queries)
+
+
+def test_text_queries_on_postgresql_export_and_use_the_onnx_tower(tmp_path, tiny_encoder, postgres_url):
+    """A library whose rows are in PostgreSQL takes the same query path: the first text query (--database) loads
+    PyTorch and exports the tower beside the library; later ones ($SEARCH_DATABASE_URL) run without torch, filters
+    rendered for PostgreSQL, and agree with the API."""
+    pytest.importorskip("onnxruntime", reason="the ONNX text tower needs onnxruntime (and onnx to export)")
+    pytest.importorskip("onnx")
+    make_pictures(tmp_path / "pics" / "a", 6)
+    make_pictures(tmp_path / "pics" / "b", 6, start=6, ext="jpg")
+    lib = Library.open(tmp_path / "lib", create=True, database=postgres_url)
+    index_folders(lib, tiny_encoder, [tmp_path / "pics"])
+    L = ("--library", str(lib.folder))
+    first = cli("query", "a red circle", "--paths-only", "--database", postgres_url, *L, check=True)
+    assert "text model exported to ONNX" in first.stderr
+    assert list(lib.folder.glob("text.*.onnx"))
+    queries = [["a red circle"], ["a red circle", "--under", str(tmp_path / "pics" / "b"), "--ext", "jpg"]]
+    shown = cold_queries_without_torch(lib.folder, queries, env={**os.environ, "SEARCH_DATABASE_URL": postgres_url})
+    engine = SearchEngine(lib.folder, database=postgres_url)
+    api = [r.path for r in engine.query("a red circle", top_k=10)]
+    api_b = [r.path for r in engine.query("a red circle", top_k=10, under=tmp_path / "pics" / "b", ext="jpg")]
+    assert shown.split("\n")[:-1] == api + api_b and first.stdout.split() == api
+    assert len(api_b) == 6 and all("/b/" in p for p in api_b)
 
 
 def test_tags_zero_shot_filter_and_rerun_only_new(tiny_library, tmp_path):
@@ -369,9 +458,8 @@ def test_tags_zero_shot_filter_and_rerun_only_new(tiny_library, tmp_path):
     again = json.loads(cli("tag", "--labels", "circle,square,triangle", "--json", *L, check=True).stdout)
     assert again["classified"] == 0 and again["counts"] == first["counts"]
     label = max(first["counts"], key=first["counts"].get)
-    from indexer.tags import PictureTag
-    with lib.store.session() as s:
-        tagged = {r.picture_id for r in s.query(PictureTag).filter(PictureTag.tag == label)}
+    tags = lib.store.reads.tags_of(r.id for r in library_rows(lib))
+    tagged = {picture_id for picture_id, carried in tags.items() if label in carried}
     results = engine.query("anything", top_k=50, tags=label)
     assert {r.id for r in results} == tagged
     out = cli("query", "anything", "--tag", label, "--top", "50", "--paths-only", *L, check=True)
@@ -379,6 +467,7 @@ def test_tags_zero_shot_filter_and_rerun_only_new(tiny_library, tmp_path):
     assert cli("tag", "--labels", "onlyone", *L).returncode == 2
 
 
+@both_backends
 def test_reindex_swaps_in_a_checkpoint_model_and_queries_keep_working(tmp_path, tiny_encoder):
     import torch
     from safetensors.torch import save_file

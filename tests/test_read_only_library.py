@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, make_pictures, run_cli
+from conftest import ROOT, TINY, make_pictures, run_cli, run_cli_commands
 from test_broken_libraries import contents
 from test_concurrency import small_mount  # noqa: F401  (the fixture)
 from test_folder_safety import DROP_ROOT_POWERS
 
-import search.textonnx
+import encoders.text.export
 from indexer import Library, LibraryError, VectorIndex
-from indexer.schema import SCHEMA_VERSION
+from indexer.store.schema import SCHEMA_VERSION
 from search import SearchEngine
 
 pytestmark = pytest.mark.timeout(600)
@@ -45,18 +45,30 @@ def args_for(command: tuple[str, ...], corpus: Path) -> list[str]:
     return [str(corpus) if a == "CORPUS" else str(corpus / "pic003.png") if a == "IMAGE" else a for a in command]
 
 
-def assert_reads_answer(run, library: Path, corpus: Path) -> None:
-    """Every read command answers as on a writable library: exit 0, no warning, nothing exported."""
-    for name, command in READS.items():
-        result = run(*args_for(command, corpus), "--library", str(library))
+def assert_reads_answer_and_writes_are_refused(library: Path, corpus: Path, prefix: tuple[str, ...] = ()) -> None:
+    """Every read command answers as on a writable library (exit 0, no warning, nothing exported); every write
+    is refused in one line. All in one process; one real `search query` process besides."""
+    commands = {name: args_for(command, corpus) for name, command in {**READS, **WRITES}.items()}
+    answers = run_cli_commands(library, commands, prefix)
+    answers["query-process"] = subprocess.run([sys.executable, *prefix, "-m", "search.cli", *commands["query"],
+                                               "--library", str(library)], capture_output=True, text=True, cwd=ROOT,
+                                              timeout=300)
+    for name, result in answers.items():
+        if name in WRITES:
+            assert result.returncode == 2 and "Traceback" not in result.stderr, (name, result.stderr)
+            assert "read-only or not writable by this user: nothing was changed" in result.stderr, (name, result.stderr)
+            assert result.stderr.count("\n") == 1 + result.stderr.count("RANDOM WEIGHTS"), (name, result.stderr)
+            continue
         assert result.returncode == 0, (name, result.stderr)
         noise = [line for line in result.stderr.splitlines() if "RANDOM WEIGHTS" not in line]
         assert noise == [], (name, result.stderr)  # no warning, no "text model exported" note
+        if name == "api":
+            continue
         output = json.loads(result.stdout)
         if name == "query-image":
             assert output["results"][0]["path"] == str(corpus / "pic003.png")
         elif name.startswith("query"):
-            assert len(output["results"]) == (10 if name == "query" else 4)
+            assert len(output["results"]) == (4 if name == "query-filtered" else 10)
         elif name == "status":
             assert (output["read_only"], output["schema"], output["pictures"], output["failed"]) == \
                 (True, SCHEMA_VERSION, 12, 1)
@@ -65,14 +77,6 @@ def assert_reads_answer(run, library: Path, corpus: Path) -> None:
             assert len(output["pictures"]) == 13
         else:
             assert output["groups"] and output["groups"][0]["exact"]  # the copy of pic000
-
-
-def assert_writes_refused(run, library: Path, corpus: Path) -> None:
-    for name, command in WRITES.items():
-        result = run(*args_for(command, corpus), "--library", str(library))
-        assert result.returncode == 2 and "Traceback" not in result.stderr, (name, result.stderr)
-        assert "read-only or not writable by this user: nothing was changed" in result.stderr, (name, result.stderr)
-        assert result.stderr.count("\n") == 1 + result.stderr.count("RANDOM WEIGHTS"), (name, result.stderr)
 
 
 @pytest.fixture
@@ -88,12 +92,11 @@ def test_a_finished_library_on_a_read_only_mount_answers_every_read_command(tmp_
     mount = small_mount("96m")
     library = mount / "lib"
     run_cli("index", str(corpus), "--library", str(library), *TINY, check=True)
-    run_cli("query", "a dog", "--library", str(library), check=True)  # exports the text tower: the fast path
+    run_cli("query", "a dog", "--library", str(library), check=True)  # exports the text tower for later queries
     assert list(library.glob("text.*.onnx")) and not list(library.glob("*-wal"))
     before = contents(library)
     remount(mount, "ro")
-    assert_reads_answer(run_cli, library, corpus)
-    assert_writes_refused(run_cli, library, corpus)
+    assert_reads_answer_and_writes_are_refused(library, corpus)
     assert contents(library) == before
 
     # No FAISS file and no exported tower: readers rebuild in memory and stay on PyTorch, saving nothing.
@@ -102,7 +105,7 @@ def test_a_finished_library_on_a_read_only_mount_answers_every_read_command(tmp_
         derived.unlink()
     before = contents(library)
     remount(mount, "ro")
-    assert_reads_answer(run_cli, library, corpus)
+    assert_reads_answer_and_writes_are_refused(library, corpus)
     assert contents(library) == before
 
 
@@ -118,12 +121,12 @@ def test_readers_on_a_read_only_mount_never_try_to_write(tmp_path, small_mount, 
         raise AssertionError("a reader of a read-only library tried to write")
 
     monkeypatch.setattr(VectorIndex, "save", no_writes)
-    monkeypatch.setattr(search.textonnx, "export_text_tower", no_writes)
+    monkeypatch.setattr(encoders.text.export, "export_text_tower", no_writes)
     engine = SearchEngine(mount / "lib", encoder=tiny_encoder)
     assert engine.library.read_only and engine.status()["read_only"]
     assert engine.query(text="a red circle", top_k=3)
     assert engine.vectors.rebuilt and engine.vectors.ntotal == 12
-    assert engine.prepare_fast_queries() is None
+    assert not engine.prepare_text_tower()
 
 
 def test_another_users_library_is_read_without_writing(tmp_path, corpus):
@@ -136,18 +139,13 @@ def test_another_users_library_is_read_without_writing(tmp_path, corpus):
         path.chmod(0o555 if path.is_dir() else 0o444)
     before = contents(library)
 
-    def unprivileged(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", DROP_ROOT_POWERS, "-m", "search.cli", *args],
-                              capture_output=True, text=True, cwd=ROOT, timeout=300)
-
     try:
         probe = subprocess.run([sys.executable, "-c", DROP_ROOT_POWERS, "-c",
                                 "import sys; open(sys.argv[1] + '/probe', 'w')", str(library)],
                                capture_output=True, text=True, timeout=60)
         if "PermissionError" not in probe.stderr:
             pytest.skip(f"this process cannot give up root's power to write any folder: {probe.stderr[-200:]}")
-        assert_reads_answer(unprivileged, library, corpus)
-        assert_writes_refused(unprivileged, library, corpus)
+        assert_reads_answer_and_writes_are_refused(library, corpus, ("-c", DROP_ROOT_POWERS))
     finally:
         for path in files:
             path.chmod(0o755 if path.is_dir() else 0o644)
@@ -160,7 +158,7 @@ def test_a_library_left_with_changes_in_its_wal_on_a_read_only_mount_says_so(tmp
 
     made = Library.open(tmp_path / "lib", create=True)
     index_folders(made, tiny_encoder, [corpus])
-    made.store.engine.dispose()
+    made.store.close()
     mount = small_mount("16m")
     holder = sqlite3.connect(tmp_path / "lib" / "library.db")  # a writer still running when the copy was made
     holder.execute("PRAGMA wal_autocheckpoint=0")

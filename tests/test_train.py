@@ -100,7 +100,7 @@ def _free_port() -> int:
 def _tiny_model(seed: int = 0):
     import open_clip
 
-    import encoders  # noqa: F401
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
 
     torch.manual_seed(seed)
     model = open_clip.create_model("clipsearch-tiny", output_dict=True)
@@ -280,7 +280,7 @@ def test_corpus_formats_load_the_same_pairs(tmp_path):
 
     import open_clip
 
-    import encoders  # noqa: F401
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
 
     tokenizer = open_clip.get_tokenizer("clipsearch-tiny")
     from collections import Counter
@@ -298,7 +298,7 @@ def test_unreadable_pictures_are_skipped_and_counted(tmp_path):
 
     import open_clip
 
-    import encoders  # noqa: F401
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
     from train.corpus import read_corpus
     from train.data import build_split
     from train.images import TrainPictures

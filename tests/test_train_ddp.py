@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
     """Shards of 64 samples and a model folder whose model carries a SigLIP bias."""
     import open_clip
 
-    import encoders  # noqa: F401
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
     from train.checkpoint import export_model
 
     root = tmp_path_factory.mktemp("ddp")
@@ -120,7 +120,7 @@ def test_compile_keeps_one_graph_for_every_caption_length():
     import open_clip
     from torch._dynamo.utils import counters
 
-    import encoders  # noqa: F401
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
     from train.loop import mark_text_length_dynamic
     from train.model import TrainingTowers
 
@@ -146,7 +146,7 @@ def test_compile_with_checkpointing_under_ddp_turns_off_dynamos_ddp_optimizer(tm
     import open_clip
     import torch.distributed as dist
 
-    import encoders  # noqa: F401
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
     from train.config import TrainConfig
     from train.distributed import Dist
     from train.loop import Run

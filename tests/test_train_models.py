@@ -33,7 +33,7 @@ def _trainable(model) -> set[str]:
 def _fresh_tiny(**kwargs):
     import open_clip
 
-    import encoders  # noqa: F401
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
 
     return open_clip.create_model("clipsearch-tiny", **kwargs)
 
@@ -59,7 +59,7 @@ def hub_cache(tmp_path_factory) -> Path:
 def _tiny_cfg() -> dict:
     import open_clip
 
-    import encoders  # noqa: F401
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
 
     return open_clip.get_model_config("clipsearch-tiny")
 

@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from encoders.files import atomic_write
+
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "model"
 KEEP_STEP_CHECKPOINTS = 2
 _NAME = re.compile(r"^(step|epoch)_(\d+)\.pt$")
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def rng_state() -> dict:
@@ -55,7 +41,7 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(output: Path, kind: str, step: int, payload: dict) -> Path:
     """``<output>/checkpoints/{step,epoch}_N.pt``, written to a temp file then renamed."""
     path = output / CHECKPOINT_DIR / f"{kind}_{step:08d}.pt"
-    _atomic(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     steps = sorted(p for p in path.parent.glob("step_*.pt"))
     for old in steps[:-KEEP_STEP_CHECKPOINTS]:
         old.unlink(missing_ok=True)
@@ -102,6 +88,6 @@ def export_model(model: torch.nn.Module, model_cfg: dict, architecture: str, fol
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(str(folder))
-    _atomic(folder / "open_clip_model.safetensors", lambda tmp: save_file(state, tmp))
-    _atomic(folder / "open_clip_config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    atomic_write(folder / "open_clip_model.safetensors", lambda tmp: save_file(state, tmp))
+    atomic_write(folder / "open_clip_config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
     return folder

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoders.files import atomic_write
+
 from .augment import BatchCrop
 from .budget import TimeBudget, write_seconds
 from .checkpoint import EXPORT_DIR, export_model, save_checkpoint
@@ -311,8 +313,9 @@ class Run:
     def write_config(self) -> None:
         if self.d.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
-            (self.output / "config.json").write_text(json.dumps({**asdict(self.cfg), "precision": self.precision,
-                                                                 "world_size": self.d.world_size}, indent=2))
+            config = json.dumps({**asdict(self.cfg), "precision": self.precision, "world_size": self.d.world_size},
+                                indent=2)
+            atomic_write(self.output / "config.json", lambda tmp: Path(tmp).write_text(config))
 
     # ---------------------------------------------------------------- the loop
     @property
@@ -494,7 +497,7 @@ class Run:
             plot_curves(self.output / "metrics.jsonl", self.output / "curves.png")  # says why, should it fail
             if self.budget is not None:
                 summary["time_budget"] = self.budget.report()
-            (self.output / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write(self.output / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
             self.say(f"model written to {self.output / EXPORT_DIR} ({summary['samples_per_s']:.1f} samples/s)")
         barrier(d)
         return summary

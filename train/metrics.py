@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from encoders.files import atomic_write
+
 
 def missing(piece: str, package: str, error: BaseException) -> None:
     """One line for an optional piece that cannot be made; the run goes on (metrics.jsonl is the record)."""
@@ -88,6 +90,6 @@ def _plot(metrics_path: Path, png: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return png

@@ -83,7 +83,7 @@ def check_model_name(cfg: TrainConfig) -> None:
     """An unknown architecture is reported before the corpus is read or decoded."""
     import open_clip
 
-    import encoders  # noqa: F401  (registers the built-in architecture with open_clip)
+    import encoders.loader  # noqa: F401  (registers the built-in architecture with open_clip)
     from encoders.spec import HUB_PREFIX
 
     if cfg.checkpoint and Path(cfg.checkpoint).is_dir():
@@ -162,7 +162,7 @@ def _load(cfg: TrainConfig, name: str, device: torch.device):
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> Built:
-    import encoders  # noqa: F401  (registers the built-in architecture with open_clip)
+    import encoders.loader  # noqa: F401  (registers the built-in architecture with open_clip)
     from encoders import ModelError, model_config
 
     name, architecture = _source(cfg)

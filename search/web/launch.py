@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import urllib.request
 import webbrowser
 from html import escape
 from pathlib import Path
+
+from indexer.store.database import DATABASE_URL_ENV
 
 from .access import NO_TOKEN_FLAG, TOKEN_ENV, new_token, page_url
 
@@ -26,19 +29,24 @@ class LaunchError(Exception):
     """The page cannot be started as asked; the message says why."""
 
 
-def serve(library: Path, host: str, port: int, token: bool) -> int:
-    """Run the page until it stops; returns the server's exit code."""
+def serve(library: Path, host: str, port: int, token: bool, database: str | None = None) -> int:
+    """Run the page until it stops; returns the server's exit code. ``database``: the PostgreSQL URL holding the
+    library's rows (else the page finds them as every command does)."""
     check_free(host, port)
     key = new_token() if token else None
     env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
     if key:
         env[TOKEN_ENV] = key  # the environment, not argv: other users can read argv with `ps`
+    if database:
+        env[DATABASE_URL_ENV] = database  # so is the URL, which may hold a password
     command = [sys.executable, "-m", "streamlit", "run", str(PAGE), "--server.address", host, "--server.port",
                str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
                # Streamlit's welcome names the address without the key; ours below gives the link.
                "--logger.hideWelcomeMessage", "true", "--", "--library", str(library)]
     if not key:
         command.append(NO_TOKEN_FLAG)
+    # A service manager's SIGTERM ends the server and removes the private folder (its forwarding file holds the key).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="clipsearch-app-") as private:
         process = subprocess.Popen(command, env=env)
         try:
@@ -50,9 +58,13 @@ def serve(library: Path, host: str, port: int, token: bool) -> int:
                       "who opens this address sees your pictures. Ctrl-C stops the page.", flush=True)
                 open_in_browser(url, Path(private))
             return process.wait()
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C or SIGTERM
             stop(process)
             raise
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def check_free(host: str, port: int) -> None:
@@ -108,7 +120,7 @@ def _open(uri: str) -> None:
 
 
 def stop(process: subprocess.Popen) -> None:
-    """Ctrl-C: Streamlit got it too when it came from the terminal; make sure it ends, politely first."""
+    """Ctrl-C or SIGTERM: Streamlit may have got it too; make sure it ends, politely first."""
     process.terminate()
     try:
         process.wait(timeout=15)

@@ -151,18 +151,18 @@ def no_library(folder: str, reason: str) -> None:
 
 
 def sidebar_status(library, record) -> None:
-    counts = library.store.counts()
-    roots = library.store.roots()
+    with library.store.reads.snapshot() as reads:
+        counts, roots = reads.counts(), reads.roots()
     st.sidebar.markdown(
         f"**{counts['pictures']:,} pictures**  \n"
         f"Model: `{record.architecture}` ({record.weights})  \n"
         f"Last indexed: {local_time(record.last_indexed_at)}")
     if roots:
-        st.sidebar.caption("Folders: " + ", ".join(f"`{r.path}`" for r in roots))
+        st.sidebar.caption("Folders: " + ", ".join(f"`{root}`" for root in roots))
     if counts["failed"]:
         files = "file" if counts["failed"] == 1 else "files"
         if st.sidebar.toggle(f"{counts['failed']:,} {files} could not be read — show", key="show_failed"):
-            failures = library.store.failures()
+            failures = library.store.reads.failures()
             st.sidebar.dataframe([{"file": p, "reason": e} for p, e in failures[:1000]], hide_index=True)
             if len(failures) > 1000:
                 st.sidebar.caption(f"… and {len(failures) - 1000:,} more (`search status --json` lists all).")
@@ -228,7 +228,7 @@ def query_box(opened: Opened):
         label = f"the picture you uploaded ({uploaded.name})"
     elif "like" in st.session_state:
         row_id = st.session_state["like"]
-        row = opened.engine.library.store.pictures([row_id]).get(row_id)
+        row = opened.engine.library.store.reads.pictures([row_id]).get(row_id)
         refused = None if row is None else outside_note(opened, row.path)
         if row is None or refused:
             forget_like()
@@ -311,7 +311,7 @@ def shown_folder(path: Path, roots: list[str]) -> str:
 
 
 def results_grid(opened: Opened, results) -> None:
-    roots = [root.path for root in opened.engine.library.store.roots()]
+    roots = opened.engine.library.store.reads.roots()
     thumbnails = opened.thumbs.get_many([r.id for r in results])
     for start in range(0, len(results), GRID_COLUMNS):
         columns = st.columns(GRID_COLUMNS)
@@ -360,7 +360,7 @@ def page() -> None:
 
     try:
         library = open_store(folder)
-        record = library.store.model()
+        record = library.model
     except NoLibrary as e:
         no_library(folder, f"There is no library at `{folder}`.")
         log.info("no library: %s", e)

@@ -16,7 +16,7 @@ class OutsideLibrary(Exception):
 
 def real_roots(library) -> list[str]:
     """The library's indexed folders, symlinks resolved."""
-    return [os.path.realpath(root.path) for root in library.store.roots()]
+    return [os.path.realpath(root) for root in library.store.reads.roots()]
 
 
 def inside_roots(path: str, roots: list[str]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from encoders.decode import read_file
+from encoders.files import atomic_write
 from indexer import DecodeError, Library, decode_picture
 
 from .served import OutsideLibrary, inside_roots, real_roots
@@ -49,13 +49,13 @@ class Thumbnails:
 
     def get(self, row_id: int, size: int = GRID_SIZE) -> bytes:
         """JPEG bytes of the row's picture, at most ``size`` pixels on its longest side."""
-        row = self.library.store.pictures([int(row_id)]).get(int(row_id))
+        row = self.library.store.reads.pictures([int(row_id)]).get(int(row_id))
         return self._get(row_id, row.path if row is not None else None, size, real_roots(self.library))
 
     def get_many(self, row_ids: list[int], size: int = GRID_SIZE, workers: int = 4) -> dict[int, bytes | PreviewError]:
         """Previews of a page of results: one database query, missing ones made in parallel
         (decoding releases the GIL); a picture that cannot be shown maps to its PreviewError."""
-        rows = self.library.store.pictures(int(i) for i in row_ids)
+        rows = self.library.store.reads.pictures(int(i) for i in row_ids)
         roots = real_roots(self.library)
 
         def one(row_id: int) -> bytes | PreviewError:
@@ -104,10 +104,9 @@ class Thumbnails:
             self.folder.mkdir(parents=True, exist_ok=True)
             for old in self.folder.glob(f"{stale_prefix}*.jpg"):  # earlier versions of an edited picture
                 old.unlink(missing_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".part")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.folder / name)
+            # Several sessions may make the same preview at once, and a writer may be indexing: each writes a
+            # file of its own and renames it into place, so no lock is needed and no preview is ever torn.
+            atomic_write(self.folder / name, lambda tmp: Path(tmp).write_bytes(data))
         except OSError:
             with self._lock:
                 self._memory[name] = data

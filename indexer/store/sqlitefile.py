@@ -15,11 +15,10 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from .errors import LibraryError, NoLibrary
+from ..errors import LibraryError, NoLibrary
 from .schema import VERSION_TABLE, schema_of
 
 DB_NAME = "library.db"
-DATABASE_URL_ENV = "SEARCH_DATABASE_URL"  # a server database holding the library's rows instead of this file
 BUSY_TIMEOUT_MS = 30_000
 DAMAGE_SIGNS = ("file is not a database", "database disk image is malformed")
 

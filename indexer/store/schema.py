@@ -1,16 +1,16 @@
 """Which schema a library's database was written with, and whether this release can use it.
 
-The version is Alembic's (the ``alembic_version`` table; revision "0002" is schema 2), read here
+The version is Alembic's (the ``alembic_version`` table; revision "0003" is schema 3), read here
 without Alembic so that a query can check it without importing it. Migrations live in
-``indexer/migrations`` and run from ``indexer/migrate.py``. A library made before versions were
+``migrations/`` beside this file and run from ``migrate.py``. A library made before versions were
 recorded has the library tables and no version table: schema 0, upgraded by the first writer.
 """
 
 from __future__ import annotations
 
-from .errors import LibraryError
+from ..errors import LibraryError
 
-SCHEMA_VERSION = 2  # the newest revision in indexer/migrations/versions (a test keeps them equal)
+SCHEMA_VERSION = 3  # the newest revision in migrations/versions (a test keeps them equal)
 VERSION_TABLE = "alembic_version"
 UNVERSIONED = 0  # made before versions were recorded
 LIBRARY_TABLES = frozenset({"library", "pictures", "roots"})  # in every library since the first release

@@ -1,0 +1,132 @@
+"""open_clip's BPE tokenizer (``SimpleTokenizer``) in plain Python: the same tokens, without torch.
+
+Why a copy instead of open_clip's own: `import open_clip.tokenizer` imports torch and open_clip, measured
+by bench/query_bench.py at 8.4 s of CPU for the import alone on this project's 2-core machine, against 1.8 s
+of CPU for a whole cold text query (BENCHMARKS.md, issue 15); building this tokenizer takes 0.14 s. The
+exporter checks that it reproduces the model's tokens before any library uses it (export.py), and tests
+compare the two on awkward texts.
+
+Follows open_clip's ``tokenizer.py`` (itself from OpenAI's CLIP, MIT License, Copyright (c) 2021 OpenAI),
+with ``clean="lower"`` and truncation, returning numpy int64.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import importlib.util
+import itertools
+import os
+from functools import lru_cache
+
+import numpy as np
+
+# With the 256 bytes, the same 256 ending a word and 2 special tokens: open_clip's vocabulary of 49,408 tokens.
+MERGES = 49152 - 256 - 2
+
+
+def default_bpe_path() -> str:
+    spec = importlib.util.find_spec("open_clip")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("open_clip is not installed: its BPE vocabulary is needed")
+    return os.path.join(list(spec.submodule_search_locations)[0], "bpe_simple_vocab_16e6.txt.gz")
+
+
+@lru_cache
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(2 ** 8):
+        if b not in bs:
+            bs.append(b)
+            cs.append(2 ** 8 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs], strict=False))
+
+
+def _basic_clean(text: str) -> str:
+    # ftfy costs ~0.2 s to import and leaves printable ASCII without '&' unchanged, so skip it there.
+    if not (text.isascii() and text.isprintable() and "&" not in text):
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    return html.unescape(html.unescape(text)).strip()
+
+
+class ClipTokenizer:
+    """open_clip's ``SimpleTokenizer`` with clean='lower' and truncation, returning numpy int64."""
+
+    def __init__(self, context_length: int = 77, bpe_path: str | None = None):
+        import regex
+
+        self.context_length = context_length
+        self.byte_encoder = _bytes_to_unicode()
+        # Only the merges the vocabulary uses: the first fifth of the file (read as a stream: ~40 ms less).
+        with gzip.open(bpe_path or default_bpe_path(), "rt", encoding="utf-8") as f:
+            merges = [tuple(m.split()) for m in itertools.islice(f, 1, 1 + MERGES)]
+        vocab = list(self.byte_encoder.values())
+        vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
+        special = ["<start_of_text>", "<end_of_text>"]
+        vocab.extend(special)
+        self.encoder = dict(zip(vocab, range(len(vocab)), strict=True))
+        self.bpe_ranks = dict(zip(merges, range(len(merges)), strict=True))
+        self.cache = {t: t for t in special}
+        self.pat = regex.compile("|".join(special) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+                                 regex.IGNORECASE)
+        self.sot, self.eot = self.encoder[special[0]], self.encoder[special[1]]
+
+    def bpe(self, token: str) -> str:
+        if token in self.cache:
+            return self.cache[token]
+        word = tuple(token[:-1]) + (token[-1] + "</w>",)
+        pairs = set(zip(word, word[1:], strict=False))
+        if not pairs:
+            return token + "</w>"
+        while True:
+            bigram = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
+            if bigram not in self.bpe_ranks:
+                break
+            first, second = bigram
+            new_word: list[str] = []
+            i = 0
+            while i < len(word):
+                try:
+                    j = word.index(first, i)
+                except ValueError:
+                    new_word.extend(word[i:])
+                    break
+                new_word.extend(word[i:j])
+                i = j
+                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
+                    new_word.append(first + second)
+                    i += 2
+                else:
+                    new_word.append(word[i])
+                    i += 1
+            word = tuple(new_word)
+            if len(word) == 1:
+                break
+            pairs = set(zip(word, word[1:], strict=False))
+        out = " ".join(word)
+        self.cache[token] = out
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        text = " ".join(_basic_clean(text).split()).strip().lower()
+        tokens: list[int] = []
+        for piece in self.pat.findall(text):
+            piece = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+            tokens.extend(self.encoder[t] for t in self.bpe(piece).split(" "))
+        return tokens
+
+    def __call__(self, texts: list[str] | str) -> np.ndarray:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        for row, text in enumerate(texts):
+            tokens = [self.sot, *self.encode(text), self.eot]
+            if len(tokens) > self.context_length:
+                tokens = tokens[:self.context_length]
+                tokens[-1] = self.eot
+            out[row, :len(tokens)] = tokens
+        return out

@@ -1,0 +1,82 @@
+"""Which text tower answers a library's texts, and when it is exported.
+
+ONNX Runtime's, exported beside the library (``encoders.text``), when there is one: a text query then never
+imports torch. Otherwise the PyTorch model's; once that model is loaded anyway (a first text query, a
+picture from outside the library), the tower is exported, at most once per engine, and ONNX Runtime
+answers from then on. A read-only library, a machine without `onnx`/`onnxruntime`, or a model whose tower
+does not export (recorded, so that no later query tries again) keeps PyTorch's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from encoders.text import sidecar
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from encoders import ClipEncoder, TextEncoder
+
+PREPACK_FROM_TEXTS = 8  # a one-shot query's ONNX tower prepacks its weights from this many texts (OnnxTextEncoder)
+
+
+class TextTowers:
+    """The text tower of one library and model. ``pytorch`` gives the loaded PyTorch model (loading it if need
+    be); ``fixed`` is a tower the caller chose, used as it is; ``one_shot``: see ``SearchEngine``."""
+
+    def __init__(self, folder: Path, fingerprint: str, writable: bool, pytorch: Callable[[], ClipEncoder], *,
+                 fixed: TextEncoder | None = None, one_shot: bool = False):
+        self.folder, self.fingerprint, self.writable = folder, fingerprint, writable
+        self._pytorch = pytorch
+        self._tower = fixed
+        self._fixed = fixed is not None
+        self._one_shot = one_shot
+        self._export_tried = False
+        self.refusal: str | None = None  # why this model's tower stays on PyTorch, when this engine found out
+        self.exported = False  # by this engine
+
+    def for_texts(self, count: int) -> TextEncoder:
+        """The tower, chosen (and loaded) when the first texts, ``count`` of them, are to be encoded."""
+        if self._tower is None:
+            self._tower = self._exported(prepack=not self._one_shot or count >= PREPACK_FROM_TEXTS) or self._pytorch()
+        return self._tower
+
+    @property
+    def onnx(self) -> bool:
+        from encoders.text.onnx_runtime import OnnxTextEncoder
+
+        return isinstance(self._tower, OnnxTextEncoder)
+
+    def prepare(self) -> bool:
+        """Whether texts now run in ONNX Runtime, exporting the tower first if it is not there yet."""
+        if not (self._export_tried or self._fixed or self.onnx):
+            self._export_tried = True
+            tower = self._exported() or self._export()
+            if tower is not None:
+                self._tower = tower
+        return self.onnx
+
+    def _exported(self, prepack: bool = True):
+        from encoders.text.onnx_runtime import OnnxTextEncoder
+
+        return OnnxTextEncoder.for_library(self.folder, self.fingerprint, prepack)
+
+    def _export(self):
+        from encoders.text.export import ExportRefused, export_text_tower
+        from encoders.text.onnx_runtime import onnx_available
+
+        if not self.writable or not onnx_available(export=True) or \
+                sidecar.export_state(self.folder, self.fingerprint) != sidecar.MISSING:
+            return None
+        try:
+            export_text_tower(self._pytorch(), self.folder)
+        except ExportRefused as e:
+            sidecar.record_refusal(self.folder, self.fingerprint, str(e))
+            self.refusal = str(e)
+            return None
+        except (OSError, ImportError):  # a full disk, or an `onnx` that cannot save: stay on PyTorch
+            return None
+        self.exported = True
+        return self._exported()
