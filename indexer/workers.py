@@ -29,10 +29,6 @@ TIMED_OUT = "timed out"  # how the reason of a file whose decode took too long b
 _PR_SET_PDEATHSIG = 1
 
 
-class DecodeTimeout(Exception):
-    pass
-
-
 def _die_with_parent() -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -113,7 +109,6 @@ class DecodePool:
         self.nice = nice  # added to the workers' niceness
         self.ctx = mp.get_context("fork")
         self.workers: list[_Worker] = []
-        self.respawned = 0
 
     # -- worker management --------------------------------------------------------------
 
@@ -126,7 +121,6 @@ class DecodePool:
         """Kill a worker; the seqs it still held, except its head, go back to be sent again."""
         worker.kill()
         self.workers.remove(worker)
-        self.respawned += 1
         return list(worker.queue)[1:]
 
     def close(self) -> None:

@@ -48,10 +48,6 @@ class Corpus:
     records: list[Record]
     skipped: Counter = field(default_factory=Counter)  # reason → count
 
-    @property
-    def n_captions(self) -> int:
-        return sum(len(r.captions) for r in self.records)
-
     def pairs(self) -> list[tuple[str, str]]:
         return sorted((r.name, c) for r in self.records for c in r.captions)
 
