@@ -474,21 +474,23 @@ def reindex(
 @app.command()
 @clean_errors
 def export(
-    json_output: Annotated[bool, typer.Option("--json", help="JSON (the only format; the default).")] = True,
+    jsonl: Annotated[bool, typer.Option(
+        "--jsonl/--json", help="--json: one JSON object holding the library, its model and every picture; --jsonl: "
+        "JSON Lines, one picture a line (the same fields as each picture of --json), for streaming tools.")] = False,
     vectors: Annotated[bool, typer.Option("--vectors", help="Include each picture's vector.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE instead of standard output.",
                                                 show_default=False)] = None,
     library: LibraryOption = None,
     database: DatabaseOption = None,
 ):
-    """Every picture with its metadata (and vector) as one JSON object, for other tools."""
+    """Every picture with its metadata (and vector) as one JSON object or as JSON Lines, for other tools."""
     import indexer
-    from search.tools import export_json
+    from search.tools import export_json, export_jsonl
 
     if output is not None and output.is_dir():
         raise fail(f"--output {output} is a folder: name a file to write, e.g. {output / 'library.json'}")
     lib = indexer.Library.open(resolve_library_dir(library), database=database)
-    chunks = export_json(lib, vectors=vectors)
+    chunks = (export_jsonl if jsonl else export_json)(lib, vectors=vectors)
     if output is None:
         sys.stdout.flush()
         stream = sys.stdout.buffer
