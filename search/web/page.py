@@ -24,6 +24,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from encoders.images import picture_extensions
 from search.library import resolve_library_dir
 from search.web.access import NO_TOKEN_FLAG, TOKEN_PARAM, is_loopback, server_token, token_matches
 
@@ -39,7 +40,7 @@ PAGE_STYLE = f"""<style>
 [class*="st-key-result-"] p {{ overflow-wrap: anywhere; margin-bottom: 0; }}
 .block-container {{ padding-top: 2.5rem; }}
 </style>"""
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif"]
+UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in picture_extensions())  # what the indexer reads
 MAX_UPLOAD_MB = 50  # as the server's own cap, server.maxUploadSize in .streamlit/config.toml
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024  # Streamlit's megabytes
 NEEDS_KEY = ("This page opens only from the link with its key, printed in the terminal that started it "
