@@ -52,7 +52,8 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"  # measured on 2-core AVX-512 CPUs: bf16 autocast is not faster for small models
+    # bf16 autocast is slower on CPUs without native bf16 (see BENCHMARKS.md, "Faster CPU inference paths").
+    return "fp32"
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -84,8 +85,7 @@ def default_workers(in_memory: bool) -> int:
     cores = os.cpu_count() or 2
     if in_memory:
         # Pictures are decoded already: cropping them is light. With cores to spare one process crops
-        # ahead; on 2 cores it would take a core from the model's threads (measured at batch 32:
-        # 213 samples/s with a worker, 382 without; equal at batch 128).
+        # ahead; on 2 cores it would take a core from the model's threads (see BENCHMARKS.md, "Training").
         return 1 if cores > 2 else 0
     return max(1, min(8, cores - 1))
 
