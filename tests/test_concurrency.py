@@ -19,11 +19,6 @@ import indexer
 pytestmark = pytest.mark.timeout(400)
 
 
-def start_cli(corpus: Path, library: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "search.cli", "index", str(corpus), "--library", str(library),
-                             *TINY, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @both_backends
 def test_queries_while_indexing_never_fail_or_see_torn_state(tmp_path, tiny_encoder):
     from search.engine import SearchEngine
@@ -33,11 +28,13 @@ def test_queries_while_indexing_never_fail_or_see_torn_state(tmp_path, tiny_enco
     library = tmp_path / "lib"
     indexer.index_folders(indexer.Library.open(library, create=True), tiny_encoder, [corpus])
     make_pictures(corpus / "second", 80, start=100)
-    writer = start_cli(corpus, library, "--batch-size", "4")
+    writer = HeldIndex(tmp_path / "writer", str(corpus), "--library", str(library), *TINY, "--batch-size", "4",
+                       hold_after=3)
     engine = SearchEngine(library, encoder=tiny_encoder)
-    queries, generations = 0, set()
+    generations = set()
     query_vector = tiny_encoder.encode_texts(["a red circle"])[0]
-    while writer.poll() is None or queries < 5:
+
+    def query_and_check():
         results = engine.query(text="a red circle", top_k=50)
         generations.add(engine.vectors.generation)
         assert results, "a library with pictures never answers nothing"
@@ -50,10 +47,17 @@ def test_queries_while_indexing_never_fail_or_see_torn_state(tmp_path, tiny_enco
             assert abs(float(stored @ query_vector) - r.score) < 1e-4
         scores = [r.score for r in results]
         assert scores == sorted(scores, reverse=True)
-        queries += 1
-    out, err = writer.communicate()
-    assert writer.returncode == 0, err
-    assert len(generations) > 1, "the queries did not overlap the writes"
+
+    writer.wait_held()
+    for _ in range(3):  # mid-run: new rows committed, the FAISS file not saved since
+        query_and_check()
+    writer.release()
+    while writer.process.poll() is None:  # and while it writes on
+        query_and_check()
+    _, err = writer.process.communicate()
+    assert writer.process.returncode == 0, err
+    query_and_check()
+    assert len(generations) > 1, "the queries did not see the library before and after the writes"
     assert len(engine.query(text="a red circle", top_k=500)) == 100
 
 
