@@ -430,7 +430,7 @@ def measure_speed(encoder, jpegs: list[str], jpeg_dir: Path, args, cores: int) -
     return {"rounds": rounds, **summary}
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "out" / "index")
     parser.add_argument("--jpegs", type=int, default=300, help="12 MP photo-like JPEGs to build and index")
@@ -447,7 +447,35 @@ def main(argv: list[str] | None = None) -> int:
                         help="model of the memory runs (the tiny one keeps a 10k run short; see BENCHMARKS.md)")
     parser.add_argument("--fast-paths", default="bf16,onnx", help="comma list of bf16,onnx,compile,int8 ('' = none)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: speed,png,memory,fast")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def measure_pngs(png_dir: Path, args, cores: int) -> dict:
+    """The openclipart PNGs: (b) the plain loop against (c) `search index`."""
+    pngs = sorted(str(p) for p in png_dir.iterdir())
+    b = measure_plain_loop(pngs, args.model, args.batch_size, cores)
+    print(f"PNG (b) plain loop       {fmt(b)}", flush=True)
+    c = measure_search_index(png_dir, args.model)
+    print(f"PNG (c) search index     {fmt(c)}", flush=True)
+    png = {"b": b, "c": c, "c_over_b": c["rate"] / b["rate"]}
+    print(f"PNGs: (c)/(b) = {png['c_over_b']:.2f}", flush=True)
+    return png
+
+
+def measure_memory(args) -> dict:
+    """`search index`'s peak memory on a small and a large folder of 800×600 JPEGs, and their ratio."""
+    memory = {}
+    for n in (args.memory_small, args.memory_large):
+        folder, _ = build_corpus(args.out, n, 0, width=800, height=600, quality=85, name=f"memory-{n}")
+        memory[n] = measure_search_index(folder, args.memory_model, sample_memory=True)
+        print(f"memory: {n:6d} pictures (800×600 JPEGs, {args.memory_model}) {fmt(memory[n])}", flush=True)
+    ratio = memory[args.memory_large]["peak_pss_mb"] / memory[args.memory_small]["peak_pss_mb"]
+    print(f"peak memory {args.memory_large} / {args.memory_small} pictures = {ratio:.2f} (target ≤ 1.5)")
+    return {str(k): v for k, v in memory.items()} | {"large_over_small": ratio}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
     skip = set(filter(None, args.skip.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
@@ -468,27 +496,14 @@ def main(argv: list[str] | None = None) -> int:
     if "speed" not in skip:
         result["jpeg"] = measure_speed(encoder, jpegs, jpeg_dir, args, cores)
     if "png" not in skip:
-        pngs = sorted(str(p) for p in png_dir.iterdir())
-        b = measure_plain_loop(pngs, args.model, args.batch_size, cores)
-        print(f"PNG (b) plain loop       {fmt(b)}", flush=True)
-        c = measure_search_index(png_dir, args.model)
-        print(f"PNG (c) search index     {fmt(c)}", flush=True)
-        result["png"] = {"b": b, "c": c, "c_over_b": c["rate"] / b["rate"]}
-        print(f"PNGs: (c)/(b) = {result['png']['c_over_b']:.2f}", flush=True)
+        result["png"] = measure_pngs(png_dir, args, cores)
     if "fast" not in skip and args.fast_paths:
         fast = measure_fast_paths(encoder, args.batch_size, args.encoder_seconds, args.fast_paths.split(","))
         result["fast_paths"] = fast
         for name, value in fast.items():
             print(f"fast path {name:14s} {fmt(value)}", flush=True)
     if "memory" not in skip:
-        memory = {}
-        for n in (args.memory_small, args.memory_large):
-            folder, _ = build_corpus(args.out, n, 0, width=800, height=600, quality=85, name=f"memory-{n}")
-            memory[n] = measure_search_index(folder, args.memory_model, sample_memory=True)
-            print(f"memory: {n:6d} pictures (800×600 JPEGs, {args.memory_model}) {fmt(memory[n])}", flush=True)
-        ratio = memory[args.memory_large]["peak_pss_mb"] / memory[args.memory_small]["peak_pss_mb"]
-        result["memory"] = {str(k): v for k, v in memory.items()} | {"large_over_small": ratio}
-        print(f"peak memory {args.memory_large} / {args.memory_small} pictures = {ratio:.2f} (target ≤ 1.5)")
+        result["memory"] = measure_memory(args)
     (args.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"results: {args.out / 'result.json'}; corpus digest "
           f"{hashlib.blake2b(''.join(jpegs).encode(), digest_size=6).hexdigest()}")

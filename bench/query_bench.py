@@ -264,7 +264,7 @@ def ensemble_eval(checkpoint: str, data: Path, out: Path) -> dict:
     return result
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--model", default="ViT-B-32")
@@ -276,7 +276,68 @@ def main() -> None:
                         "API).")
     parser.add_argument("--ensemble-eval", metavar="CHECKPOINT", help="Measure --ensemble with this model instead.")
     parser.add_argument("--eval-data", default=str(ROOT.parent / "shared" / "data" / "emoji-twitter"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def text_towers(engine, encoder, runs: int) -> dict:
+    """The text towers warm: PyTorch against ONNX Runtime, and how far apart their vectors are."""
+    onnx = engine.text_encoder
+    torch_times = timed(lambda i: encoder.encode_texts([TEXTS[i % len(TEXTS)] + f" {i}"]), runs)
+    onnx_times = timed(lambda i: onnx.encode_texts([TEXTS[i % len(TEXTS)] + f" {i}"]), runs)
+    probe = [f"{t} {i}" for i, t in enumerate(TEXTS)]
+    cosine = float((onnx.encode_texts(probe) * encoder.encode_texts(probe)).sum(axis=1).min())
+    return {"torch": pct(torch_times), "onnx": pct(onnx_times), "min_cosine_onnx_vs_torch": cosine}
+
+
+def whole_queries(folder: Path, encoder, args, out: Path) -> tuple[dict, object]:
+    """The warm API and the cold CLI on the library that was built (the smallest size), and its FAISS index."""
+    from search import SearchEngine
+
+    engine = SearchEngine(folder, encoder=encoder)
+    engine.query("warm up", top_k=10)
+    entry = {"api_text_query": pct(timed(lambda i: engine.query(TEXTS[i % len(TEXTS)] + f" {i}", top_k=10),
+                                         args.runs)),
+             "api_text_query_under_small_folder": pct(timed(
+                 lambda i: engine.query(TEXTS[i % len(TEXTS)] + f" {i}", top_k=10, under="/synthetic/small"),
+                 args.runs))}
+    if args.before:
+        entry.update(side_by_side(before_tree(args.before, out), folder, out, args))
+    else:
+        entry["cold_cli_now"] = cold({"now": (ROOT, search_command("query", "a dog on the beach", "--library",
+                                                                   str(folder)))}, args.cold_runs)["now"]
+    return entry, engine.vectors.index
+
+
+def random_index(size: int, dim: int, rng: np.random.Generator):
+    """An exact index of ``size`` random unit vectors, ids 1..size, added 100k at a time."""
+    import faiss
+
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    for start in range(0, size, 100_000):
+        n = min(100_000, size - start)
+        v = rng.standard_normal((n, dim), dtype=np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        index.add_with_ids(v, np.arange(start + 1, start + n + 1, dtype=np.int64))
+    return index
+
+
+def faiss_searches(index, size: int, queries: np.ndarray, runs: int) -> dict:
+    """FAISS alone, on one thread and on all, unfiltered and with a 1 % id selector."""
+    import faiss
+
+    entry = {}
+    selector = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.arange(1, size + 1, 100, dtype=np.int64)))
+    for threads in (1, os.cpu_count() or 1):
+        faiss.omp_set_num_threads(threads)
+        entry[f"faiss_{threads}t"] = pct(timed(lambda i: index.search(queries[i:i + 1], 10), runs))
+        entry[f"faiss_{threads}t_1pct_selector"] = pct(timed(
+            lambda i: index.search(queries[i:i + 1], 10, params=selector), runs))
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return entry
+
+
+def main() -> None:
+    args = arguments()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.ensemble_eval:
@@ -298,52 +359,16 @@ def main() -> None:
     engine = SearchEngine(smallest, encoder=encoder)
     if not engine.prepare_text_tower():
         raise SystemExit(f"the text tower of {args.model} does not run in ONNX Runtime: {engine.text_towers.refusal}")
-    # Text towers, warm.
-    onnx = engine.text_encoder
-    torch_times = timed(lambda i: encoder.encode_texts([TEXTS[i % len(TEXTS)] + f" {i}"]), args.runs)
-    onnx_times = timed(lambda i: onnx.encode_texts([TEXTS[i % len(TEXTS)] + f" {i}"]), args.runs)
-    probe = [f"{t} {i}" for i, t in enumerate(TEXTS)]
-    cosine = float((onnx.encode_texts(probe) * encoder.encode_texts(probe)).sum(axis=1).min())
-    report["text_tower"] = {"torch": pct(torch_times), "onnx": pct(onnx_times), "min_cosine_onnx_vs_torch": cosine}
-
+    report["text_tower"] = text_towers(engine, encoder, args.runs)
     for size in args.sizes:
-        entry: dict = {}
         rng = np.random.default_rng(1)
         queries = rng.standard_normal((args.runs, encoder.dim), dtype=np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         if size == min(args.sizes):
-            folder = smallest
-            engine = SearchEngine(folder, encoder=encoder)
-            engine.query("warm up", top_k=10)
-            entry["api_text_query"] = pct(timed(
-                lambda i, engine=engine: engine.query(TEXTS[i % len(TEXTS)] + f" {i}", top_k=10), args.runs))
-            entry["api_text_query_under_small_folder"] = pct(timed(
-                lambda i, engine=engine: engine.query(TEXTS[i % len(TEXTS)] + f" {i}", top_k=10,
-                                                      under="/synthetic/small"),
-                args.runs))
-            index = engine.vectors.index
-            if args.before:
-                entry.update(side_by_side(before_tree(args.before, out), folder, out, args))
-            else:
-                entry["cold_cli_now"] = cold({"now": (ROOT, search_command("query", "a dog on the beach", "--library",
-                                                                           str(folder)))}, args.cold_runs)["now"]
+            entry, index = whole_queries(smallest, encoder, args, out)
         else:
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(encoder.dim))
-            for start in range(0, size, 100_000):
-                n = min(100_000, size - start)
-                v = rng.standard_normal((n, encoder.dim), dtype=np.float32)
-                v /= np.linalg.norm(v, axis=1, keepdims=True)
-                index.add_with_ids(v, np.arange(start + 1, start + n + 1, dtype=np.int64))
-        small_ids = np.arange(1, size + 1, 100, dtype=np.int64)
-        selector = faiss.SearchParameters(sel=faiss.IDSelectorBatch(small_ids))
-        for threads in (1, os.cpu_count() or 1):
-            faiss.omp_set_num_threads(threads)
-            entry[f"faiss_{threads}t"] = pct(timed(lambda i, index=index, queries=queries: index.search(
-                queries[i:i + 1], 10), args.runs))
-            entry[f"faiss_{threads}t_1pct_selector"] = pct(timed(
-                lambda i, index=index, queries=queries, selector=selector: index.search(
-                    queries[i:i + 1], 10, params=selector), args.runs))
-        faiss.omp_set_num_threads(os.cpu_count() or 1)
+            entry, index = {}, random_index(size, encoder.dim, rng)
+        entry.update(faiss_searches(index, size, queries, args.runs))
         report["sizes"][str(size)] = entry
         index = None  # free the 1M vectors before the next size
     report["cold_cli_help"] = cold({"now": (ROOT, search_command("--help"))}, args.cold_runs)["now"]
@@ -352,7 +377,10 @@ def main() -> None:
         {"now": (ROOT, [sys.executable, "-c", "import open_clip.tokenizer"])}, args.cold_runs)["now"]
     report["machine"]["load_avg_end"] = os.getloadavg()[0]
     (out / "result.json").write_text(json.dumps(report, indent=1))
+    print_report(report)
 
+
+def print_report(report: dict) -> None:
     tt = report["text_tower"]
     print(f"model {report['model']}, dim {report['dim']}, {report['machine']['cpus']} CPUs, "
           f"load average {report['machine']['load_avg_start']:.1f} → {report['machine']['load_avg_end']:.1f}")

@@ -13,6 +13,7 @@ from PIL import Image
 BACKGROUND = (255, 255, 255)
 PICTURE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 HEIC_EXTENSIONS = frozenset({".heic", ".heif"})
+AVIF_EXTENSIONS = frozenset({".avif"})
 EXIF_ORIENTATION = 0x0112
 # EXIF orientation → the turn that makes the picture upright (as ImageOps.exif_transpose does).
 UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -29,8 +30,12 @@ else:
 
 
 def picture_extensions() -> frozenset[str]:
-    """File extensions of the pictures this installation can decode (HEIC with the `heic` extra)."""
-    return PICTURE_EXTENSIONS | HEIC_EXTENSIONS if HEIC_SUPPORTED else PICTURE_EXTENSIONS
+    """File extensions of the pictures this installation can decode (HEIC with the `heic` extra, AVIF with a
+    Pillow built with libavif): the one list the indexer, the trainer and the page's upload all use."""
+    from PIL import features
+
+    extensions = PICTURE_EXTENSIONS | HEIC_EXTENSIONS if HEIC_SUPPORTED else PICTURE_EXTENSIONS
+    return extensions | AVIF_EXTENSIONS if features.check("avif") else extensions
 
 
 def prepare_image(image: Image.Image) -> Image.Image:

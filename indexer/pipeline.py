@@ -37,10 +37,8 @@ def decode_niceness(device: torch.device) -> int:
     """How much lower than the encoder the decode workers run. On a CPU they share the cores with the
     encoder's threads: when a decoder preempts one of them, the other waits at the next barrier and the
     batch stalls. At the lowest priority decoders take the cores while the encoder waits and between its
-    threads' work instead: `search index` on 12 MP JPEGs with ViT-B-32 on 2 cores, alternating runs,
-    7.7-7.9 pictures/s at equal priority, 9.1-10.0 at +10; +19 against +10 in 4 alternating pairs: faster
-    in every pair (1-7 %), the encoder using 2-11 ms less CPU per picture (BENCHMARKS.md). With a GPU the
-    encoder waits on the device and the decoders are the bottleneck."""
+    threads' work instead, and the run is faster (see BENCHMARKS.md, "Indexing", runs 8 and 9–12). With a GPU
+    the encoder waits on the device and the decoders are the bottleneck."""
     return 0 if device.type == "cuda" else 19
 
 

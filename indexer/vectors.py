@@ -32,7 +32,7 @@ def _gpu_count() -> int:
 @contextlib.contextmanager
 def _one_thread_for_one_query(n_queries: int):
     """One query: one OpenMP thread. Exact search over one query is faster on one thread than on two
-    (BENCHMARKS.md, FAISS alone: 8.8 vs 14.5 ms at 100k vectors, 78 vs 153 ms at 1M). OpenMP keeps the
+    (see BENCHMARKS.md, "FAISS alone"). OpenMP keeps the
     thread count per calling thread, so concurrent callers (the app's sessions) do not see each other's."""
     if n_queries != 1:
         yield
@@ -72,7 +72,8 @@ class VectorIndex:
 
         ``memory_map``: the saved file is mapped read-only instead of read into memory, for a reader that
         only searches (the query engine): no copy of the vectors, and the page cache is shared between
-        processes (a 1M-vector file maps in 0.19 s where reading it takes 7.4 s; DESIGN.md).
+        processes, and a big file opens in a fraction of the time a read takes (see BENCHMARKS.md, "Figures
+        behind choices in the code").
 
         Only a writer (holding the library lock) may save; readers rebuild in memory. A reader
         racing a writer never fails and never mixes two states: the saved file may vanish

@@ -29,10 +29,6 @@ TIMED_OUT = "timed out"  # how the reason of a file whose decode took too long b
 _PR_SET_PDEATHSIG = 1
 
 
-class DecodeTimeout(Exception):
-    pass
-
-
 def _die_with_parent() -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -113,20 +109,18 @@ class DecodePool:
         self.nice = nice  # added to the workers' niceness
         self.ctx = mp.get_context("fork")
         self.workers: list[_Worker] = []
-        self.respawned = 0
 
     # -- worker management --------------------------------------------------------------
 
-    def _spawn(self) -> _Worker:
+    def spawn(self) -> _Worker:
         worker = _Worker(self.ctx, self.fn, [w.conn for w in self.workers], self.nice)
         self.workers.append(worker)
         return worker
 
-    def _retire(self, worker: _Worker) -> list[int]:
+    def retire(self, worker: _Worker) -> list[int]:
         """Kill a worker; the seqs it still held, except its head, go back to be sent again."""
         worker.kill()
         self.workers.remove(worker)
-        self.respawned += 1
         return list(worker.queue)[1:]
 
     def close(self) -> None:
@@ -148,112 +142,93 @@ class DecodePool:
 
     def imap(self, items: Iterable[Any]) -> Iterator[Any]:
         """Results in order. A dispatcher thread keeps workers fed while the caller encodes."""
-        source = iter(items)
-        inputs: dict[int, Any] = {}
-        self._inputs = inputs
-        results: dict[int, Any] = {}
-        retry: collections.deque[int] = collections.deque()
-        state = {"next_in": 0, "next_out": 0, "exhausted": False, "error": None, "stop": False}
-        cond = threading.Condition()
-        for _ in range(self.workers_wanted):
-            self._spawn()
+        yield from _OrderedMap(self, items).results()
 
-        def take_input() -> int | None:
-            if retry:
-                return retry.popleft()
-            if state["exhausted"] or state["next_in"] >= state["next_out"] + self.window:
-                return None
-            try:
-                item = next(source)
-            except StopIteration:
-                state["exhausted"] = True
-                return None
-            seq = state["next_in"]
-            state["next_in"] += 1
-            inputs[seq] = item
-            return seq
 
-        def finish(seq: int, value: Any) -> None:
-            results[seq] = value
-            inputs.pop(seq, None)
-            cond.notify_all()
+class _OrderedMap:
+    """One ``DecodePool.imap`` run: the dispatcher thread's side (feed workers, collect, time out, respawn)
+    and the consumer's side (results in input order), sharing one condition."""
 
-        def dispatch() -> None:
-            while not state["stop"]:
-                with cond:
-                    # feed every worker up to `depth` tasks, within the read-ahead window
-                    for worker in list(self.workers):
-                        while len(worker.queue) < self.depth:
-                            seq = take_input()
-                            if seq is None:
-                                break
-                            if not worker.queue:
-                                worker.head_started = time.monotonic()
-                            try:
-                                worker.conn.send((seq, inputs[seq]))
-                            except OSError:  # died meanwhile: noticed below
-                                retry.appendleft(seq)
-                                break
-                            worker.queue.append(seq)
-                    busy = [w for w in self.workers if w.queue]
-                    if not busy and (state["exhausted"] and not retry and not inputs):
-                        cond.notify_all()
-                        return
-                if not busy:
-                    with cond:
-                        if not state["stop"]:
-                            cond.wait(0.05)  # window full: wait for the consumer
-                    continue
-                now = time.monotonic()
-                wait_for = max(0.0, min(w.head_started + self.timeout for w in busy) - now)
-                # Only the pipes: a worker closes every inherited descriptor, the write end of its process
-                # sentinel included, so sentinels read as ready at once and waiting on them would spin.
-                # A worker that dies closes its pipe, which reads as end-of-file here.
-                ready = wait([w.conn for w in busy], timeout=min(wait_for, 0.1))
-                with cond:
-                    for worker in busy:
-                        self._poll(worker, ready, finish, retry)
-                    now = time.monotonic()
-                    for worker in [w for w in self.workers if w.queue]:
-                        if now - worker.head_started > self.timeout:
-                            seq = worker.queue[0]
-                            retry.extend(self._retire(worker))
-                            finish(seq, self.on_error(inputs[seq], f"{TIMED_OUT}: decoding took longer than "
-                                                                   f"{self.timeout:g}s"))
-                            self._spawn()
+    def __init__(self, pool: DecodePool, items: Iterable[Any]):
+        self.pool = pool
+        self.source = iter(items)
+        self.inputs: dict[int, Any] = {}
+        self.results_ready: dict[int, Any] = {}
+        self.retry: collections.deque[int] = collections.deque()
+        self.next_in = self.next_out = 0
+        self.exhausted = self.stop = False
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
 
-        def run_dispatch() -> None:
-            try:
-                dispatch()
-            except BaseException as e:  # surfaced to the consumer, never lost in a thread
-                with cond:
-                    state["error"] = e
-                    cond.notify_all()
+    # -- the dispatcher thread -----------------------------------------------------------
 
-        thread = threading.Thread(target=run_dispatch, name="decode-dispatch", daemon=True)
-        thread.start()
+    def _take_input(self) -> int | None:
+        if self.retry:
+            return self.retry.popleft()
+        if self.exhausted or self.next_in >= self.next_out + self.pool.window:
+            return None
         try:
-            while True:
-                with cond:
-                    while state["next_out"] not in results:
-                        if state["error"] is not None:
-                            raise state["error"]
-                        if state["exhausted"] and state["next_out"] >= state["next_in"]:
-                            return
-                        cond.wait(0.5)
-                    value = results.pop(state["next_out"])
-                    state["next_out"] += 1
-                    cond.notify_all()
-                yield value
-        finally:
-            with cond:
-                state["stop"] = True
-                cond.notify_all()
-            thread.join(timeout=5)
-            self.close()
+            item = next(self.source)
+        except StopIteration:
+            self.exhausted = True
+            return None
+        seq = self.next_in
+        self.next_in += 1
+        self.inputs[seq] = item
+        return seq
 
-    def _poll(self, worker: _Worker, ready: list, finish: Callable, retry: collections.deque) -> None:
-        if worker not in self.workers:
+    def _finish(self, seq: int, value: Any) -> None:
+        self.results_ready[seq] = value
+        self.inputs.pop(seq, None)
+        self.cond.notify_all()
+
+    def _failed(self, seq: int, reason: str) -> None:
+        self._finish(seq, self.pool.on_error(self.inputs.get(seq), reason))
+
+    def _feed_workers(self) -> None:
+        """Every worker gets up to ``depth`` tasks, within the read-ahead window."""
+        for worker in list(self.pool.workers):
+            while len(worker.queue) < self.pool.depth:
+                seq = self._take_input()
+                if seq is None:
+                    break
+                if not worker.queue:
+                    worker.head_started = time.monotonic()
+                try:
+                    worker.conn.send((seq, self.inputs[seq]))
+                except OSError:  # died meanwhile: noticed by _collect
+                    self.retry.appendleft(seq)
+                    break
+                worker.queue.append(seq)
+
+    def _dispatch(self) -> None:
+        pool = self.pool
+        while not self.stop:
+            with self.cond:
+                self._feed_workers()
+                busy = [w for w in pool.workers if w.queue]
+                if not busy and (self.exhausted and not self.retry and not self.inputs):
+                    self.cond.notify_all()
+                    return
+            if not busy:
+                with self.cond:
+                    if not self.stop:
+                        self.cond.wait(0.05)  # window full: wait for the consumer
+                continue
+            wait_for = max(0.0, min(w.head_started + pool.timeout for w in busy) - time.monotonic())
+            # Only the pipes: a worker closes every inherited descriptor, the write end of its process
+            # sentinel included, so sentinels read as ready at once and waiting on them would spin.
+            # A worker that dies closes its pipe, which reads as end-of-file here.
+            ready = wait([w.conn for w in busy], timeout=min(wait_for, 0.1))
+            with self.cond:
+                for worker in busy:
+                    self._collect(worker, ready)
+                self._time_out_stuck_workers()
+
+    def _collect(self, worker: _Worker, ready: list) -> None:
+        """Take a worker's finished results; a worker that died costs the file it was on and is replaced."""
+        pool = self.pool
+        if worker not in pool.workers:
             return
         if worker.conn in ready:
             try:
@@ -262,7 +237,10 @@ class DecodePool:
                     if worker.queue and worker.queue[0] == seq:
                         worker.queue.popleft()
                     worker.head_started = time.monotonic()
-                    finish(seq, value if ok else self.on_error(self._input_of(seq), value))
+                    if ok:
+                        self._finish(seq, value)
+                    else:
+                        self._failed(seq, value)
             except (EOFError, OSError):  # the worker is gone
                 worker.conn.close()
         if worker.conn.closed or not worker.process.is_alive():
@@ -271,11 +249,53 @@ class DecodePool:
             if worker.queue:
                 seq = worker.queue[0]
                 how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                retry.extend(self._retire(worker))
-                finish(seq, self.on_error(self._input_of(seq), f"the decoder crashed on this file ({how})"))
+                self.retry.extend(pool.retire(worker))
+                self._failed(seq, f"the decoder crashed on this file ({how})")
             else:
-                self._retire(worker)
-            self._spawn()
+                pool.retire(worker)
+            pool.spawn()
 
-    def _input_of(self, seq: int) -> Any:
-        return self._inputs.get(seq)
+    def _time_out_stuck_workers(self) -> None:
+        pool = self.pool
+        now = time.monotonic()
+        for worker in [w for w in pool.workers if w.queue]:
+            if now - worker.head_started > pool.timeout:
+                seq = worker.queue[0]
+                self.retry.extend(pool.retire(worker))
+                self._failed(seq, f"{TIMED_OUT}: decoding took longer than {pool.timeout:g}s")
+                pool.spawn()
+
+    def _run_dispatch(self) -> None:
+        try:
+            self._dispatch()
+        except BaseException as e:  # surfaced to the consumer, never lost in a thread
+            with self.cond:
+                self.error = e
+                self.cond.notify_all()
+
+    # -- the consumer --------------------------------------------------------------------
+
+    def results(self) -> Iterator[Any]:
+        for _ in range(self.pool.workers_wanted):
+            self.pool.spawn()
+        thread = threading.Thread(target=self._run_dispatch, name="decode-dispatch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                with self.cond:
+                    while self.next_out not in self.results_ready:
+                        if self.error is not None:
+                            raise self.error
+                        if self.exhausted and self.next_out >= self.next_in:
+                            return
+                        self.cond.wait(0.5)
+                    value = self.results_ready.pop(self.next_out)
+                    self.next_out += 1
+                    self.cond.notify_all()
+                yield value
+        finally:
+            with self.cond:
+                self.stop = True
+                self.cond.notify_all()
+            thread.join(timeout=5)
+            self.pool.close()

@@ -130,9 +130,6 @@ def index(
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
     """Embed every picture under PATHS into the library (incremental: only what changed)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     import indexer
     from encoders import load_encoder
 
@@ -146,9 +143,23 @@ def index(
     if missing:
         raise indexer.MissingRoot(f"root not found: {', '.join(missing)} (is it unmounted? nothing was changed)")
     encoder = load_encoder(spec)
-    console = Console(stderr=True)
-    with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]} files/s"), TimeRemainingColumn(), console=console) as bar:
+    options = _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait)
+    summary = _index_with_progress_bar(lib, encoder, paths, options)
+    if json_output:
+        echo_json({"library": str(folder), **summary.as_dict()})
+    else:
+        _print_index_summary(folder, summary)
+
+
+def _index_with_progress_bar(lib, encoder, paths: list[Path], options):
+    """``indexer.index_folders`` under a progress bar on stderr; Ctrl-C keeps what was embedded and exits 130."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    import indexer
+
+    with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} files/s"),
+                  TimeRemainingColumn(), console=Console(stderr=True)) as bar:
         task = bar.add_task("index", total=None, rate="-")
 
         class BarProgress(indexer.Progress):
@@ -160,18 +171,16 @@ def index(
                 speed = bar.tasks[task].speed
                 bar.update(task, rate=f"{speed:.1f}" if speed else "-")
 
-        options = _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait)
         try:
-            summary = indexer.index_folders(lib, encoder, paths, options, BarProgress())
+            return indexer.index_folders(lib, encoder, paths, options, BarProgress())
         except KeyboardInterrupt:
             bar.stop()
             typer.echo("interrupted: everything embedded so far is kept; run the same command again to finish",
                        err=True)
             raise typer.Exit(130) from None
-    if json_output:
-        echo_json({"library": str(folder), **summary.as_dict()})
-        return
-    s = summary
+
+
+def _print_index_summary(folder: Path, s) -> None:
     rate = s.embedded / s.seconds if s.seconds else 0.0
     typer.echo(f"{s.added} added, {s.updated} updated, {s.moved} moved, {s.removed} removed, {s.failed} failed, "
                f"{s.unchanged} unchanged ({s.embedded} embedded in {s.seconds:.1f}s, {rate:.1f} pictures/s)")
@@ -210,49 +219,82 @@ def _print_results(results, json_output: bool, paths_only: bool, print0: bool) -
             typer.echo(f"{rank:>3}  {r.score:.4f}  {shown(r.path)}")
 
 
+# The query's options, one alias each (typer's way to keep a long signature readable).
+TermsArgument = Annotated[list[str] | None, typer.Argument(
+    help="What to look for: words, and/or picture files. Combine with + and - (spaces around them) and "
+         "weigh with N: , e.g.  \"2:golden retriever\" + ./pool.jpg - indoor", show_default=False)]
+ImageOption = Annotated[Path | None, typer.Option("--image", help="Find pictures like this one.")]
+AddOption = Annotated[list[str] | None, typer.Option("--add", help="Add a text or picture to the query (repeatable).",
+                                                     show_default=False)]
+SubtractOption = Annotated[list[str] | None, typer.Option(
+    "--subtract", help="Subtract a text or picture from the query (repeatable).", show_default=False)]
+WeightOption = Annotated[float | None, typer.Option("--weight", help="Weight of the TEXT against the other parts.",
+                                                    show_default=False)]
+TopOption = Annotated[int, typer.Option("--top", min=1, help="Number of results.")]
+UnderOption = Annotated[Path | None, typer.Option("--under", help="Only pictures inside this folder.")]
+AfterOption = Annotated[str | None, typer.Option(
+    "--after", help="Only pictures taken (else modified) on or after DATE: YYYY[-MM[-DD[THH:MM]]].",
+    show_default=False)]
+BeforeOption = Annotated[str | None, typer.Option("--before", help="Only pictures taken (else modified) before DATE.",
+                                                  show_default=False)]
+ExtOption = Annotated[list[str] | None, typer.Option("--ext", help="Only these file extensions, e.g. jpg,png.",
+                                                     show_default=False)]
+TagOption = Annotated[list[str] | None, typer.Option("--tag", help="Only pictures with this tag (see `search tag`); "
+                                                     "repeat to require several.", show_default=False)]
+MinScoreOption = Annotated[float | None, typer.Option("--min-score", help="Drop results scoring below this cosine.",
+                                                      show_default=False)]
+SortOption = Annotated[str, typer.Option("--sort", help="Order of the top results: score, date or path.")]
+EnsembleOption = Annotated[bool, typer.Option("--ensemble", help="Embed texts through prompt templates and average.")]
+QueryTemplatesOption = Annotated[Path | None, typer.Option(
+    "--templates", help="Templates file for --ensemble, one per line with {} (default: the CLIP paper's 80).",
+    show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+PathsOnlyOption = Annotated[bool, typer.Option(
+    "--paths-only", help="Print only the paths, best first, one a line (names with control characters or bytes "
+    "that are not UTF-8 in bash's $'...' form).")]
+Print0Option = Annotated[bool, typer.Option(
+    "--print0", help="Print only the paths, best first, each followed by a NUL byte: the exact bytes of every name, "
+    "for scripts (xargs -0).")]
+
+
+def _refuse_conflicting_query_options(image, sort, templates, ensemble, outputs: tuple[bool, ...]) -> None:
+    if image is not None and not image.is_file():
+        raise fail(f"picture not found: {image}" if not image.exists() else
+                   f"--image {image} is not a picture file (a folder, device or FIFO)")
+    if sort not in SORTS:
+        raise fail(f"unknown --sort {sort!r}: use one of {', '.join(SORTS)}")
+    if templates is not None and not ensemble:
+        raise fail("--templates is for --ensemble: add --ensemble")
+    if sum(outputs) > 1:
+        raise fail("choose one output: --json, --paths-only or --print0")
+
+
 @app.command()
 @clean_errors
 def query(
-    text: Annotated[list[str] | None, typer.Argument(
-        help="What to look for: words, and/or picture files. Combine with + and - (spaces around them) and "
-             "weigh with N: , e.g.  \"2:golden retriever\" + ./pool.jpg - indoor", show_default=False)] = None,
-    image: Annotated[Path | None, typer.Option("--image", help="Find pictures like this one.")] = None,
-    add: Annotated[list[str] | None, typer.Option("--add", help="Add a text or picture to the query (repeatable).",
-                                                  show_default=False)] = None,
-    subtract: Annotated[list[str] | None, typer.Option(
-        "--subtract", help="Subtract a text or picture from the query (repeatable).", show_default=False)] = None,
-    weight: Annotated[float | None, typer.Option("--weight", help="Weight of the TEXT against the other parts.",
-                                                 show_default=False)] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="Number of results.")] = 10,
-    under: Annotated[Path | None, typer.Option("--under", help="Only pictures inside this folder.")] = None,
-    after: Annotated[str | None, typer.Option(
-        "--after", help="Only pictures taken (else modified) on or after DATE: YYYY[-MM[-DD[THH:MM]]].",
-        show_default=False)] = None,
-    before: Annotated[str | None, typer.Option("--before", help="Only pictures taken (else modified) before DATE.",
-                                               show_default=False)] = None,
-    ext: Annotated[list[str] | None, typer.Option("--ext", help="Only these file extensions, e.g. jpg,png.",
-                                                  show_default=False)] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="Only pictures with this tag (see `search tag`); "
-                                                  "repeat to require several.", show_default=False)] = None,
-    min_score: Annotated[float | None, typer.Option("--min-score", help="Drop results scoring below this cosine.",
-                                                    show_default=False)] = None,
-    sort: Annotated[str, typer.Option("--sort", help="Order of the top results: score, date or path.")] = "score",
-    ensemble: Annotated[bool, typer.Option("--ensemble", help="Embed texts through prompt templates and average.")]
-    = False,
-    templates: Annotated[Path | None, typer.Option("--templates", help="Templates file for --ensemble, one per line "
-                                                   "with {} (default: the CLIP paper's 80).", show_default=False)]
-    = None,
+    text: TermsArgument = None,
+    image: ImageOption = None,
+    add: AddOption = None,
+    subtract: SubtractOption = None,
+    weight: WeightOption = None,
+    top: TopOption = 10,
+    under: UnderOption = None,
+    after: AfterOption = None,
+    before: BeforeOption = None,
+    ext: ExtOption = None,
+    tag: TagOption = None,
+    min_score: MinScoreOption = None,
+    sort: SortOption = "score",
+    ensemble: EnsembleOption = False,
+    templates: QueryTemplatesOption = None,
     library: LibraryOption = None,
     database: DatabaseOption = None,
     model: ModelOption = None,
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    paths_only: Annotated[bool, typer.Option("--paths-only", help="Print only the paths, best first, one a line "
-                                             "(names with control characters or bytes that are not UTF-8 in "
-                                             "bash's $'...' form).")] = False,
-    print0: Annotated[bool, typer.Option("--print0", help="Print only the paths, best first, each followed by a NUL "
-                                         "byte: the exact bytes of every name, for scripts (xargs -0).")] = False,
+    json_output: JsonOption = False,
+    paths_only: PathsOnlyOption = False,
+    print0: Print0Option = False,
 ):
     """Rank the library's pictures by similarity to a text, a picture, or a weighted mix of them."""
     from encoders import InputFileError, load_templates
@@ -261,15 +303,7 @@ def query(
     from .filters import FilterError, Filters
     from .terms import TermError, check_score, parse_terms
 
-    if image is not None and not image.is_file():
-        raise fail(f"picture not found: {image}" if not image.exists() else
-                   f"--image {image} is not a picture file (a folder, device or FIFO)")
-    if sort not in SORTS:
-        raise fail(f"unknown --sort {sort!r}: use one of {', '.join(SORTS)}")
-    if templates is not None and not ensemble:
-        raise fail("--templates is for --ensemble: add --ensemble")
-    if sum((json_output, paths_only, print0)) > 1:
-        raise fail("choose one output: --json, --paths-only or --print0")
+    _refuse_conflicting_query_options(image, sort, templates, ensemble, (json_output, paths_only, print0))
     try:
         check_score(min_score, "--min-score")
         terms = parse_terms(text or (), add=add or (), subtract=subtract or (),
@@ -305,7 +339,7 @@ def status(
     library: LibraryOption = None,
     database: DatabaseOption = None,
     failed: Annotated[bool, typer.Option("--failed", help="List the files that could not be indexed.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_output: JsonOption = False,
 ):
     """What the library holds, which model filled it, and what failed."""
     from search.engine import SearchEngine
@@ -347,7 +381,7 @@ def duplicates(
                                              "are near-duplicates.")] = 0.95,
     library: LibraryOption = None,
     database: DatabaseOption = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_output: JsonOption = False,
 ):
     """Groups of near-duplicate pictures, largest first; byte-identical files are marked exact."""
     import indexer
@@ -382,7 +416,7 @@ def tag(
     = 0.0,
     library: LibraryOption = None,
     database: DatabaseOption = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_output: JsonOption = False,
 ):
     """Zero-shot tag every picture with its most likely label; then filter with `search query ... --tag LABEL`.
 
@@ -412,7 +446,7 @@ def remove(
                                                 show_default=False)],
     library: LibraryOption = None,
     database: DatabaseOption = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_output: JsonOption = False,
 ):
     """Forget pictures, folders or whole roots: rows, vectors and tags go; files on disk are not touched."""
     import indexer
@@ -474,21 +508,23 @@ def reindex(
 @app.command()
 @clean_errors
 def export(
-    json_output: Annotated[bool, typer.Option("--json", help="JSON (the only format; the default).")] = True,
+    jsonl: Annotated[bool, typer.Option(
+        "--jsonl/--json", help="--json: one JSON object holding the library, its model and every picture; --jsonl: "
+        "JSON Lines, one picture a line (the same fields as each picture of --json), for streaming tools.")] = False,
     vectors: Annotated[bool, typer.Option("--vectors", help="Include each picture's vector.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE instead of standard output.",
                                                 show_default=False)] = None,
     library: LibraryOption = None,
     database: DatabaseOption = None,
 ):
-    """Every picture with its metadata (and vector) as one JSON object, for other tools."""
+    """Every picture with its metadata (and vector) as one JSON object or as JSON Lines, for other tools."""
     import indexer
-    from search.tools import export_json
+    from search.tools import export_json, export_jsonl
 
     if output is not None and output.is_dir():
         raise fail(f"--output {output} is a folder: name a file to write, e.g. {output / 'library.json'}")
     lib = indexer.Library.open(resolve_library_dir(library), database=database)
-    chunks = export_json(lib, vectors=vectors)
+    chunks = (export_jsonl if jsonl else export_json)(lib, vectors=vectors)
     if output is None:
         sys.stdout.flush()
         stream = sys.stdout.buffer

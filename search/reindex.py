@@ -58,6 +58,7 @@ def exchange(a: Path, b: Path) -> None:
             if errno not in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: not supported here, fall back
                 raise OSError(errno, os.strerror(errno), str(a))
     aside = a.with_name(a.name + ".swap")
+    # Folders, not a file's contents (atomic_write's job): without renameat2 there is no one-step swap.
     os.rename(a, aside)
     os.rename(b, a)
     os.rename(aside, b)
@@ -103,7 +104,7 @@ def reindex(library: Library, encoder: ClipEncoder, options: IndexOptions | None
         kept_path = folder.with_name(f"{folder.name}.old")
         if kept_path.exists():
             shutil.rmtree(kept_path)
-        os.rename(stage, kept_path)
+        os.rename(stage, kept_path)  # a whole folder moved aside, not a file written: not atomic_write's job
         kept = str(kept_path)
     else:
         shutil.rmtree(stage, ignore_errors=True)

@@ -261,6 +261,12 @@ def export_json(library: Library, vectors: bool = False) -> Iterator[bytes]:
     yield b"\n]}\n"
 
 
+def export_jsonl(library: Library, vectors: bool = False) -> Iterator[bytes]:
+    """JSON Lines: one picture a line, each exactly an entry of ``export_json``'s "pictures" (no header)."""
+    for item in iter_export(library, vectors=vectors):
+        yield json_bytes(item) + b"\n"
+
+
 def library_header(library: Library) -> dict:
     record = library.model
     return {"library": str(library.folder),

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,57 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False,
     if check and result.returncode != 0:
         raise AssertionError(f"search {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result
+
+
+# `search index` in a real process, held right after its Nth batch is committed until the test releases it: a
+# test that signals, kills or competes with a writer does so at a known point, never after the run has ended.
+_HELD_INDEX = """
+import runpy, sys, time
+from pathlib import Path
+
+import indexer.pipeline as pipeline
+
+held, release, hold_after = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+commit, commits = pipeline.IndexRun._commit, []
+
+
+def commit_then_hold(self, batch):
+    commit(self, batch)
+    if len(batch):
+        commits.append(len(batch))
+    if len(commits) == hold_after and not held.exists():
+        held.touch()
+        while not release.exists():
+            time.sleep(0.02)
+
+
+pipeline.IndexRun._commit = commit_then_hold
+sys.argv = ["search", *sys.argv[4:]]
+runpy.run_module("search.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+class HeldIndex:
+    """``search index ARGS`` in a subprocess that stops after its ``hold_after``-th committed batch (the library
+    locked, those rows in the database, the rest not yet read) until ``release()``."""
+
+    def __init__(self, folder: Path, *args: str, hold_after: int = 1):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.held, self.released = folder / "held", folder / "release"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HELD_INDEX, str(self.held), str(self.released), str(hold_after), "index", *args],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_held(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.held.exists():
+            if self.process.poll() is not None:
+                raise AssertionError(f"the writer ended before it was held:\n{self.process.communicate()[1]}")
+            assert time.monotonic() < deadline, "the writer was never held"
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        self.released.touch()
 
 
 def rows_committed(folder: Path) -> int:

@@ -105,10 +105,9 @@ def test_folder_full_of_trouble_cli(tmp_path):
     folder = tmp_path / "trouble"
     good, bad = build_trouble(folder)
     library = tmp_path / "lib"
-    started = time.monotonic()
+    # A FIFO that blocked the run would end it at the timeout (TimeoutExpired), failing the test.
     result = run_cli("index", str(folder), "--library", str(library), *TINY, "--json", timeout=240)
     assert result.returncode == 0, result.stderr
-    assert time.monotonic() - started < 200  # the FIFO never blocked the run
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["failed"] == len(bad)
     assert summary["duplicates"] == 1  # the copy's vector is copied, not encoded again
@@ -248,10 +247,8 @@ def test_hang_crash_and_vanishing_file(tmp_path, tiny_encoder, monkeypatch):
     monkeypatch.setattr(prepare, "decode_picture", decode)
     monkeypatch.setattr(pipeline, "scan", scan_then_delete)
     library = indexer.Library.open(tmp_path / "lib", create=True)
-    started = time.monotonic()
-    summary = indexer.index_folders(library, tiny_encoder, [folder],
+    summary = indexer.index_folders(library, tiny_encoder, [folder],  # the hung decode is ended by its timeout
                                     indexer.IndexOptions(workers=2, batch_size=4, decode_timeout=3))
-    assert time.monotonic() - started < 60
     rows = _rows(tmp_path / "lib")
     assert summary.added == 8 and summary.failed == 2
     assert "timed out" in rows[str(folder / "hangs.png")].error

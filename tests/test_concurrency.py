@@ -12,16 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, both_backends, library_rows, make_pictures, rows_committed, run_cli
+from conftest import ROOT, TINY, HeldIndex, both_backends, library_rows, make_pictures, run_cli
 
 import indexer
 
 pytestmark = pytest.mark.timeout(400)
-
-
-def start_cli(corpus: Path, library: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "search.cli", "index", str(corpus), "--library", str(library),
-                             *TINY, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @both_backends
@@ -33,11 +28,13 @@ def test_queries_while_indexing_never_fail_or_see_torn_state(tmp_path, tiny_enco
     library = tmp_path / "lib"
     indexer.index_folders(indexer.Library.open(library, create=True), tiny_encoder, [corpus])
     make_pictures(corpus / "second", 80, start=100)
-    writer = start_cli(corpus, library, "--batch-size", "4")
+    writer = HeldIndex(tmp_path / "writer", str(corpus), "--library", str(library), *TINY, "--batch-size", "4",
+                       hold_after=3)
     engine = SearchEngine(library, encoder=tiny_encoder)
-    queries, generations = 0, set()
+    generations = set()
     query_vector = tiny_encoder.encode_texts(["a red circle"])[0]
-    while writer.poll() is None or queries < 5:
+
+    def query_and_check():
         results = engine.query(text="a red circle", top_k=50)
         generations.add(engine.vectors.generation)
         assert results, "a library with pictures never answers nothing"
@@ -50,10 +47,17 @@ def test_queries_while_indexing_never_fail_or_see_torn_state(tmp_path, tiny_enco
             assert abs(float(stored @ query_vector) - r.score) < 1e-4
         scores = [r.score for r in results]
         assert scores == sorted(scores, reverse=True)
-        queries += 1
-    out, err = writer.communicate()
-    assert writer.returncode == 0, err
-    assert len(generations) > 1, "the queries did not overlap the writes"
+
+    writer.wait_held()
+    for _ in range(3):  # mid-run: new rows committed, the FAISS file not saved since
+        query_and_check()
+    writer.release()
+    while writer.process.poll() is None:  # and while it writes on
+        query_and_check()
+    _, err = writer.process.communicate()
+    assert writer.process.returncode == 0, err
+    query_and_check()
+    assert len(generations) > 1, "the queries did not see the library before and after the writes"
     assert len(engine.query(text="a red circle", top_k=500)) == 100
 
 
@@ -62,21 +66,18 @@ def test_second_writer_is_refused_clearly(tmp_path, tiny_encoder):
     corpus = tmp_path / "pictures"
     make_pictures(corpus, 80)
     library = tmp_path / "lib"
-    first = start_cli(corpus, library, "--batch-size", "4")
-    deadline = time.monotonic() + 120
-    while rows_committed(library) == 0:  # the first writer holds the library from before its first row
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    first = HeldIndex(tmp_path / "first", str(corpus), "--library", str(library), *TINY, "--batch-size", "4")
+    first.wait_held()  # it holds the library (from before its first row) and has more to write
     # an in-process writer is refused at once, and told who holds the library
-    with pytest.raises(indexer.LibraryBusy, match=rf"process {first.pid}\b"):
+    with pytest.raises(indexer.LibraryBusy, match=rf"process {first.process.pid}\b"):
         indexer.index_folders(indexer.Library.open(library), tiny_encoder, [corpus])
-    # a second CLI run: exit code 2 and one clear line, unless the first one already finished
+    # a second CLI run: exit code 2 and one clear line
     second = run_cli("index", str(corpus), "--library", str(library), *TINY)
-    if first.poll() is None:
-        assert second.returncode == 2, second.stderr
-        assert "another `search index`" in second.stderr and "Traceback" not in second.stderr
-    _, err = first.communicate()
-    assert first.returncode == 0, err
+    assert second.returncode == 2, second.stderr
+    assert "another `search index`" in second.stderr and "Traceback" not in second.stderr
+    first.release()
+    _, err = first.process.communicate(timeout=300)
+    assert first.process.returncode == 0, err
     lib = indexer.Library.open(library)
     assert lib.store.reads.counts() == {"pictures": 80, "failed": 0}
     assert lib.vector_index().ntotal == 80
@@ -86,20 +87,21 @@ def test_second_writer_is_refused_clearly(tmp_path, tiny_encoder):
 def test_waiting_writer_gets_the_library_when_it_is_free(tmp_path, tiny_encoder):
     library = indexer.Library.open(tmp_path / "lib", create=True)
     other = indexer.Library.open(tmp_path / "lib")
-    entered = threading.Event()
+    entered, order = threading.Event(), []
 
     def hold():
         with library.writer_lock():
             entered.set()
-            time.sleep(1.0)
+            time.sleep(1.0)  # the other writer is waiting meanwhile
+            order.append("first writer done")
 
     holder = threading.Thread(target=hold)
     holder.start()
-    entered.wait(10)
-    started = time.monotonic()
+    assert entered.wait(10)
     with other.writer_lock(wait=30):
-        assert time.monotonic() - started > 0.5
+        order.append("second writer in")
     holder.join()
+    assert order == ["first writer done", "second writer in"]
 
 
 # -- full disk, read-only folder: needs root to mount a small tmpfs -----------------------------------
@@ -186,29 +188,48 @@ def test_read_only_library_gives_a_clear_message_and_is_left_as_it_was(tmp_path,
 
 
 @both_backends
-def test_a_killed_writers_children_do_not_turn_the_next_run_away(tmp_path):
+def test_a_killed_writers_children_do_not_turn_the_next_run_away(tmp_path, monkeypatch):
     """A writer killed mid-run leaves decode workers that share its lock for a moment (the lock file's
     descriptor, or the connection holding PostgreSQL's advisory lock); running the same command again right
     away gets the library once they are gone, instead of being refused."""
+    import types
+
+    import indexer.store.lock as lock
+
     library = indexer.Library.open(tmp_path / "lib", create=True)
+    release = tmp_path / "release"
     code = """
 import os, sys, time
 from pathlib import Path
 from indexer.store import open_store
-folder = Path(sys.argv[1])
+folder, release = Path(sys.argv[1]), Path(sys.argv[2])
 held = open_store(folder).writer_lock(folder)  # kept: collected, it would release the lock on the spot
 held.__enter__()
-if os.fork() == 0:  # a decode worker: holds the inherited lock until it notices its parent is gone
+if os.fork() == 0:  # a decode worker: holds the inherited lock until the test lets it exit
     os.close(1), os.close(2)  # not the test's pipes: only the lock
-    time.sleep(1.5)
+    deadline = time.monotonic() + 120
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
     os._exit(0)
 print("locked", flush=True)
 os._exit(0)  # the writer dies (as with kill -9), its child still holding the lock
 """
-    writer = subprocess.run([sys.executable, "-c", code, str(library.folder)], capture_output=True, text=True,
-                            cwd=ROOT, timeout=60)
-    assert writer.stdout.strip() == "locked"
-    started = time.monotonic()
-    with library.writer_lock(wait=0):
-        waited = time.monotonic() - started
-    assert waited > 0.5, "the lock was free at once: the test did not arrange the dying child"
+    # The next writer finds the library locked by a dead writer's child: the child exits when the writer,
+    # waiting its grace, first sleeps.
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        release.touch()
+        time.sleep(seconds)
+
+    monkeypatch.setattr(lock, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+    try:
+        writer = subprocess.run([sys.executable, "-c", code, str(library.folder), str(release)],
+                                capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert writer.stdout.strip() == "locked"
+        with library.writer_lock(wait=0):
+            pass
+    finally:
+        release.touch()  # never leave the child waiting
+    assert waits, "the lock was free at once: the test did not arrange the dying child"

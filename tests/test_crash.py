@@ -8,15 +8,22 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, both_backends, draw_picture, library_rows, make_pictures, rows_committed, run_cli
+from conftest import (
+    TINY,
+    HeldIndex,
+    both_backends,
+    draw_picture,
+    library_rows,
+    make_pictures,
+    rows_committed,
+    run_cli,
+)
 
 import indexer
 
@@ -73,24 +80,12 @@ def assert_same(state: dict, reference: dict) -> None:
             np.testing.assert_allclose(got[2], vector, atol=1e-5, err_msg=path)
 
 
-def start_cli(corpus: Path, library: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "search.cli", "index", str(corpus), "--library", str(library),
-                             *TINY, *BATCH], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_rows(process: subprocess.Popen, library: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while rows_committed(library) == 0:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
 @both_backends
 def test_ctrl_c_keeps_work_and_says_how_to_resume(corpus, reference, tmp_path):
     library = tmp_path / "lib"
-    process = start_cli(corpus, library)
-    wait_for_rows(process, library)
+    run = HeldIndex(tmp_path / "run", str(corpus), "--library", str(library), *TINY, *BATCH)
+    run.wait_held()  # its first batch committed, the rest to do
+    process = run.process
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -165,15 +160,19 @@ def test_kill_9_of_the_cli_leaves_no_orphans_and_completes(corpus, reference, tm
 
     library = tmp_path / "lib"
     rng = random.Random(11)
-    for _ in range(int(os.environ.get("CLIPSEARCH_CLI_KILLS", "1"))):
-        process = start_cli(corpus, library)
-        wait_for_rows(process, library)
-        time.sleep(rng.uniform(0, 1.5))
-        if process.poll() is not None:
+    for kill in range(int(os.environ.get("CLIPSEARCH_CLI_KILLS", "1"))):
+        # Held after a random batch among those certainly left (a batch holds at most 16 rows at --batch-size 4),
+        # so the kill lands while the run has work, its decode workers alive.
+        left = len(reference) - rows_committed(library)
+        if left < 16:
             break
-        workers = psutil.Process(process.pid).children(recursive=True)
-        process.kill()
-        process.communicate()
+        run = HeldIndex(tmp_path / f"run{kill}", str(corpus), "--library", str(library), *TINY, *BATCH,
+                        hold_after=rng.randint(1, left // 16))
+        run.wait_held()
+        workers = psutil.Process(run.process.pid).children(recursive=True)
+        assert workers, "the run has no decode workers to orphan"
+        run.process.kill()
+        run.process.communicate()
         gone, alive = psutil.wait_procs(workers, timeout=10)
         assert not alive, "decode workers outlived their killed parent"
     run_cli("index", str(corpus), "--library", str(library), *TINY, *BATCH, check=True)

@@ -93,6 +93,7 @@ def text_files(folder):
             (many, "10,001 lines"), (binary, "not a text file"), (latin1, "not UTF-8")]
 
 
+@pytest.mark.slow  # 88 s here at load 5 (16 processes under a memory limit)
 def test_templates_and_labels_files_are_bounded(library, lib):
     base, _ = library
     L = ("--library", lib.folder)

@@ -255,7 +255,7 @@ def test_remove_files_folders_and_roots(synthetic, tmp_path):
 
 
 @both_backends
-def test_export_json_with_vectors(synthetic):
+def test_export_json_and_jsonl_with_vectors(synthetic, tmp_path):
     lib, _ = synthetic
     out = cli("export", "--json", "--vectors", "--library", str(lib.folder), check=True)
     data = json.loads(out.stdout)
@@ -264,6 +264,16 @@ def test_export_json_with_vectors(synthetic):
     row = lib.store.reads.pictures([first["id"]], vectors=True)[first["id"]]
     assert first["path"] == row.path and np.allclose(first["vector"], np.frombuffer(row.vector, np.float32))
     assert "vector" not in json.loads(cli("export", "--library", str(lib.folder), check=True).stdout)["pictures"][0]
+    # JSON Lines: one picture a line, each exactly a picture of the JSON object, to stdout or a file
+    lines = cli("export", "--jsonl", "--vectors", "--library", str(lib.folder), check=True).stdout.splitlines()
+    assert [json.loads(line) for line in lines] == data["pictures"]
+    cli("export", "--jsonl", "--vectors", "-o", str(tmp_path / "out.jsonl"), "--library", str(lib.folder), check=True)
+    assert (tmp_path / "out.jsonl").read_text().splitlines() == lines
+    cli("export", "--json", "--vectors", "--output", str(tmp_path / "out.json"), "--library", str(lib.folder),
+        check=True)
+    assert json.loads((tmp_path / "out.json").read_bytes()) == data
+    plain = cli("export", "--jsonl", "--library", str(lib.folder), check=True).stdout.splitlines()
+    assert len(plain) == 60 and all("vector" not in json.loads(line) for line in plain)
 
 
 # -- the model: the engine's two text towers, the CLI, tags, reindex ------------------------------

@@ -52,6 +52,7 @@ def short_run(shapes, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------ (1) it learns, then searches
 
 
+@pytest.mark.slow  # 363 s here at load 4.6 (53 s on an idle machine: BENCHMARKS.md, "Training")
 @pytest.mark.timeout(600)
 def test_learns_shapes_and_colours_then_searches(tmp_path):
     from train.eval import evaluate_checkpoint

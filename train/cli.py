@@ -75,24 +75,15 @@ def train_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train (or fine-tune) a CLIP model on captioned pictures; the result lands in OUTPUT/model/."""
+    options = dict(locals())  # every option is the TrainConfig field of the same name
     from .errors import TrainConfigError
 
     try:
         from .config import TrainConfig
         from .loop import train
 
-        cfg = TrainConfig(data=list(data), output=output, val_data=list(val_data or []), val_fraction=val_fraction,
-                          model=model, pretrained=pretrained, checkpoint=checkpoint, epochs=epochs,
-                          batch_size=batch_size, seed=seed, lr=lr, wd=wd, warmup=warmup, precision=precision,
-                          accum_steps=accum_steps, grad_clip=grad_clip or None,
-                          grad_checkpointing=grad_checkpointing, compile=compile, lock_image=lock_image,
-                          lock_image_unlocked_groups=lock_image_unlocked_groups, lock_text=lock_text,
-                          lock_text_unlocked_layers=lock_text_unlocked_layers, loss=loss, crop_scale=crop_scale,
-                          label_smoothing=label_smoothing, init_temperature=init_temperature, save_every=save_every,
-                          resume=resume, workers=workers, image_column=image_column,
-                          caption_column=caption_column, label_column=label_column, templates=templates,
-                          max_steps=max_steps, progress=progress and sys.stderr.isatty(), time_budget=time_budget,
-                          resampled=resampled, dist_timeout=dist_timeout)
+        cfg = TrainConfig(**{**options, "data": list(data), "val_data": list(val_data or []),
+                             "grad_clip": grad_clip or None, "progress": progress and sys.stderr.isatty()})
         train(cfg, started=STARTED)
     except TrainConfigError as e:
         _fail(str(e))

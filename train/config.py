@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TrainConfigError
@@ -111,11 +110,3 @@ class TrainConfig:
             problems.append(f"--workers must be ≥ 0 (got {self.workers})")
         if problems:
             raise TrainConfigError("; ".join(problems))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})

@@ -15,9 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from encoders.images import picture_extensions
+
 from .errors import TrainConfigError
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_EXTS = picture_extensions()  # the indexer's: a picture it can search, the trainer can learn from
 TAR_CAPTION_EXTS = ("txt", "caption", "json")
 TAR_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key.ext split
 
@@ -47,10 +49,6 @@ class Record:
 class Corpus:
     records: list[Record]
     skipped: Counter = field(default_factory=Counter)  # reason → count
-
-    @property
-    def n_captions(self) -> int:
-        return sum(len(r.captions) for r in self.records)
 
     def pairs(self) -> list[tuple[str, str]]:
         return sorted((r.name, c) for r in self.records for c in r.captions)

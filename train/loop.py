@@ -86,8 +86,7 @@ def default_workers(in_memory: bool) -> int:
     cores = os.cpu_count() or 2
     if in_memory:
         # Pictures are decoded already: cropping them is light. With cores to spare one process crops
-        # ahead; on 2 cores it would take a core from the model's threads (measured at batch 32:
-        # 213 samples/s with a worker, 382 without; equal at batch 128).
+        # ahead; on 2 cores it would take a core from the model's threads (see BENCHMARKS.md, "Training").
         return 1 if cores > 2 else 0
     return max(1, min(8, cores - 1))
 

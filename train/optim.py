@@ -36,8 +36,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, wd: float) -> torch.optim.
         {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
         {"params": [p for n, p in named if decays(n, p)], "weight_decay": wd},
     ]
-    # One fused kernel over all tensors: on a CPU ~7× faster than the per-tensor loop
-    # (10 ms against 68 ms a step for clipsearch-tiny, a quarter of a small-batch step).
+    # One fused kernel over all tensors: on a CPU several times faster than the per-tensor loop, a good part
+    # of a small-batch step (see BENCHMARKS.md, "Training").
     fused = {p.device.type for _, p in named} in ({"cpu"}, {"cuda"})
     return torch.optim.AdamW(groups, lr=lr, fused=fused or None, **adam_settings(model))
 

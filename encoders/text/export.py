@@ -121,6 +121,8 @@ def export_text_tower(encoder, folder: str | os.PathLike) -> Path:
             raise ExportRefused(f"ONNX text vectors differ from PyTorch (cosine {cosine:.5f} < {MIN_COSINE})")
         meta["probe_min_cosine"] = cosine
         for made, target in ((work / files.weights.name, files.weights), (graph, files.graph)):
+            # The exporter writes by name into its work folder; the finished file moves into atomic_write's
+            # temporary file (same folder, no copy), which atomic_write flushes and renames over the target.
             atomic_write(target, lambda tmp, made=made: os.replace(made, tmp))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -30,8 +30,8 @@ def busy() -> bool:
 class OnnxTextEncoder:
     """Texts → unit vectors with the exported text tower; a ``TextEncoder`` like ``ClipEncoder``.
 
-    ``prepack``: lay the weights out for the matrix kernels while loading. Measured with a ViT-B-32 tower
-    (BENCHMARKS.md): 0.2 s more CPU to load, ~15 ms less a text; worth it from about 8 texts on.
+    ``prepack``: lay the weights out for the matrix kernels while loading: a slower load for faster texts, worth
+    it for a warm session, not for one text (see BENCHMARKS.md, "Figures behind choices in the code").
     """
 
     def __init__(self, graph: Path, meta: dict, prepack: bool = True):
@@ -39,8 +39,8 @@ class OnnxTextEncoder:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        # Graph optimisation costs ~1 s at every load of a ViT-B-32 tower and saves nothing measurable
-        # on one short query (measured: load 2.4 s → 1.4 s, run 0.30 s → 0.31 s, on a busy 2-core machine).
+        # Graph optimisation costs most of a second at every load and saves nothing measurable on one short
+        # query (see BENCHMARKS.md, "Figures behind choices in the code").
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.intra_op_num_threads = 1 if busy() else min(4, os.cpu_count() or 1)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

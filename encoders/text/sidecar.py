@@ -18,8 +18,8 @@ from pathlib import Path
 from ..files import atomic_write
 
 # 2: the weights in their own file beside the graph: ONNX Runtime loads them without parsing them out of the
-# graph's protobuf (a ViT-B-32 tower: 0.26 s of CPU instead of 0.71 s; BENCHMARKS.md). A sidecar of another
-# version counts as missing: the next query that loads the PyTorch model exports again.
+# graph's protobuf, in a third of the CPU (see BENCHMARKS.md, "Figures behind choices in the code"). A sidecar
+# of another version counts as missing: the next query that loads the PyTorch model exports again.
 EXPORT_VERSION = 2
 READY, REFUSED, MISSING = "ready", "refused", "missing"
 

@@ -1,10 +1,9 @@
 """open_clip's BPE tokenizer (``SimpleTokenizer``) in plain Python: the same tokens, without torch.
 
-Why a copy instead of open_clip's own: `import open_clip.tokenizer` imports torch and open_clip, measured
-by bench/query_bench.py at 8.4 s of CPU for the import alone on this project's 2-core machine, against 1.8 s
-of CPU for a whole cold text query (BENCHMARKS.md, issue 15); building this tokenizer takes 0.14 s. The
-exporter checks that it reproduces the model's tokens before any library uses it (export.py), and tests
-compare the two on awkward texts.
+Why a copy instead of open_clip's own: `import open_clip.tokenizer` imports torch and open_clip, which costs
+several times a whole cold text query, while building this tokenizer costs a fraction of it (bench/query_bench.py;
+see BENCHMARKS.md, "One query path"). The exporter checks that it reproduces the model's tokens before any
+library uses it (export.py), and tests compare the two on awkward texts.
 
 Follows open_clip's ``tokenizer.py`` (itself from OpenAI's CLIP, MIT License, Copyright (c) 2021 OpenAI),
 with ``clean="lower"`` and truncation, returning numpy int64.
@@ -46,7 +45,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _basic_clean(text: str) -> str:
-    # ftfy costs ~0.2 s to import and leaves printable ASCII without '&' unchanged, so skip it there.
+    # ftfy is slow to import (see BENCHMARKS.md, "Figures behind choices in the code") and leaves printable
+    # ASCII without '&' unchanged, so skip it there.
     if not (text.isascii() and text.isprintable() and "&" not in text):
         import ftfy
 
@@ -62,7 +62,8 @@ class ClipTokenizer:
 
         self.context_length = context_length
         self.byte_encoder = _bytes_to_unicode()
-        # Only the merges the vocabulary uses: the first fifth of the file (read as a stream: ~40 ms less).
+        # Only the merges the vocabulary uses: the first fifth of the file, read as a stream (a cold query's
+        # start-up; see BENCHMARKS.md, "Figures behind choices in the code").
         with gzip.open(bpe_path or default_bpe_path(), "rt", encoding="utf-8") as f:
             merges = [tuple(m.split()) for m in itertools.islice(f, 1, 1 + MERGES)]
         vocab = list(self.byte_encoder.values())

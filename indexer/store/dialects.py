@@ -3,9 +3,9 @@ statement names its parameters, how a read snapshot begins, how an extension is 
 what. Everything else (every statement in reads.py, every filter in filters.py) is written once for both.
 
 The reads run on the databases' own DB-API modules (sqlite3, psycopg), not through SQLAlchemy: `search query`
-must start in well under a second, and importing SQLAlchemy alone takes 0.15-0.7 s on these machines
-(measured with `python -X importtime`; README "Cold start"). The writes use SQLAlchemy (writes.py), whose
-engine is made here on first use.
+must start in well under a second, and importing SQLAlchemy alone takes a good part of that (see BENCHMARKS.md,
+"Figures behind choices in the code"). The writes use SQLAlchemy (writes.py), whose engine is made here on
+first use.
 """
 
 from __future__ import annotations

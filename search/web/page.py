@@ -24,6 +24,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from encoders.images import picture_extensions
 from search.library import resolve_library_dir
 from search.web.access import NO_TOKEN_FLAG, TOKEN_PARAM, is_loopback, server_token, token_matches
 
@@ -39,7 +40,7 @@ PAGE_STYLE = f"""<style>
 [class*="st-key-result-"] p {{ overflow-wrap: anywhere; margin-bottom: 0; }}
 .block-container {{ padding-top: 2.5rem; }}
 </style>"""
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif"]
+UPLOAD_TYPES = sorted(extension.lstrip(".") for extension in picture_extensions())  # what the indexer reads
 MAX_UPLOAD_MB = 50  # as the server's own cap, server.maxUploadSize in .streamlit/config.toml
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024  # Streamlit's megabytes
 NEEDS_KEY = ("This page opens only from the link with its key, printed in the terminal that started it "
@@ -346,10 +347,7 @@ def run_query(opened: Opened, text: str, picture, weight: float, options: dict):
 
 
 def page() -> None:
-    from encoders import ModelError
-    from indexer import LibraryError, ModelMismatch
-    from indexer.errors import NoLibrary
-    from search import QueryError
+    from indexer import LibraryError
 
     st.html(PAGE_STYLE)
     st.title("Picture search")
@@ -357,6 +355,26 @@ def page() -> None:
     st.sidebar.header("Library")
     st.sidebar.code(folder, language=None, wrap_lines=True)
     st.sidebar.caption("To search another library, start the page again with `search app --library DIR`.")
+    library, record = library_and_model(folder)
+    if record is None:
+        return
+    sidebar_status(library, record)
+    options = controls()
+    try:
+        with st.spinner("Loading the index…"):
+            opened = open_library(folder, record.fingerprint)
+    except LibraryError as e:
+        no_library(folder, str(e))
+        return
+    asked = query_and_results(opened, options)
+    if asked is not None:
+        show_results(opened, options, *asked)
+
+
+def library_and_model(folder: str):
+    """The library's store and model record; (None, None) after saying on the page why there is none."""
+    from indexer import LibraryError
+    from indexer.errors import NoLibrary
 
     try:
         library = open_store(folder)
@@ -364,44 +382,41 @@ def page() -> None:
     except NoLibrary as e:
         no_library(folder, f"There is no library at `{folder}`.")
         log.info("no library: %s", e)
-        return
+        return None, None
     except LibraryError as e:  # damaged, newer, unreadable...: its own one line says what to do
         st.error(f"**This library cannot be opened.** {e}", icon=":material/error:")
-        return
+        return None, None
     if record is None:
         no_library(folder, f"The library at `{folder}` has no pictures yet.")
-        return
-    sidebar_status(library, record)
-    options = controls()
+    return library, record
 
-    try:
-        with st.spinner("Loading the index…"):
-            opened = open_library(folder, record.fingerprint)
-    except LibraryError as e:
-        no_library(folder, str(e))
-        return
+
+def query_and_results(opened: Opened, options: dict):
+    """(text, picture label, results) of the query box; None when there is no query or after showing its error."""
+    from encoders import ModelError
+    from indexer import LibraryError, ModelMismatch
+    from search import QueryError
 
     try:
         text, picture, label, weight = query_box(opened)
         if not text and picture is None:
             st.caption("Type a few words and press Enter, drop a picture above, or press “More like this” "
                        "under any result.")
-            return
+            return None
         with st.spinner("Searching…"):
-            results = run_query(opened, text, picture, weight, options)
+            return text, label, run_query(opened, text, picture, weight, options)
     except UploadError as e:
         st.error(str(e), icon=":material/broken_image:")
-        return
     except ModelMismatch as e:
         st.error(f"**This library was made with another model.** {e}", icon=":material/error:")
-        return
     except ModelError as e:
         st.error(f"**The library's model cannot be loaded.** {e}", icon=":material/error:")
-        return
     except (QueryError, LibraryError) as e:
         st.error(str(e), icon=":material/error:")
-        return
+    return None
 
+
+def show_results(opened: Opened, options: dict, text: str, label: str | None, results) -> None:
     what = " and ".join(x for x in (f"“{text}”" if text else None, label) if x)
     if not results:
         hints = []
