@@ -1,12 +1,12 @@
 """open_clip's training crop for a whole batch at once: the same boxes, one resampling call, one normalisation.
 
-open_clip's training transform is RandomResizedCrop → RGB → ToTensor → Normalize, run picture by picture:
-on a 64-pixel model that per-picture work (PIL crop and resize, tensor conversion, normalising) took 56 ms
-of a 375 ms step on one core, more than the loss and the optimizer together. Here the loader only draws
-each picture's crop box (torchvision's own ``RandomResizedCrop.get_params``: the same distribution, seeded
-per sample as before), and the batch is cut and resized by one ``grid_sample`` (bilinear, every crop its
-own affine map; torchvision's ``roi_align`` measured 3× slower) and normalised in one go. Bilinear instead
-of PIL's bicubic: 0.011 mean absolute difference in normalised pixels on emoji-google's crops.
+open_clip's training transform is RandomResizedCrop → RGB → ToTensor → Normalize, run picture by picture: on
+a small model that per-picture work (PIL crop and resize, tensor conversion, normalising) costs more than the
+loss and the optimizer together. Here the loader only draws each picture's crop box (torchvision's own
+``RandomResizedCrop.get_params``: the same distribution, seeded per sample as before), and the batch is cut
+and resized by one ``grid_sample`` (bilinear, every crop its own affine map; faster than torchvision's
+``roi_align``) and normalised in one go. Bilinear instead of PIL's bicubic changes the pixels very little.
+The figures: BENCHMARKS.md, "Figures behind choices in the code", training.
 """
 
 from __future__ import annotations

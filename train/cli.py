@@ -14,6 +14,11 @@ import typer
 
 EXIT_CONFIG = 2
 STARTED = time.monotonic()  # near the process start: --time-budget counts the imports that follow too
+TIME_BUDGET_HELP = ("Train the best model this wall-clock time allows, from start to exported model: the first steps "
+                    "are timed, then the warm-up + cosine schedule is sized to the steps that fit, after the time "
+                    "validation, checkpoints and the export will take; a guard stops early if steps get slower.")
+DIST_TIMEOUT_HELP = ("How long processes wait for each other under torchrun (rank 0 validates and writes checkpoints "
+                     "while the others wait).")
 
 
 def _fail(message: str) -> None:
@@ -61,16 +66,10 @@ def train_command(
     caption_column: str = typer.Option("caption", "--caption-column"),
     label_column: str | None = typer.Option(None, "--label-column", help="Zero-shot labels for validation."),
     templates: str | None = typer.Option(None, "--templates", help="Prompt templates file, one per line."),
-    time_budget: float | None = typer.Option(
-        None, "--time-budget", metavar="SECONDS",
-        help="Train the best model this wall-clock time allows, from start to exported model: the first steps "
-             "are timed, then the warm-up + cosine schedule is sized to the steps that fit, after the time "
-             "validation, checkpoints and the export will take; a guard stops early if steps get slower."),
+    time_budget: float | None = typer.Option(None, "--time-budget", metavar="SECONDS", help=TIME_BUDGET_HELP),
     resampled: bool = typer.Option(False, "--resampled", help="Tar shards: each process and loader worker draws "
                                    "shards with replacement instead of splitting them (long multi-epoch runs)."),
-    dist_timeout: float = typer.Option(120.0, "--dist-timeout", metavar="MINUTES",
-                                       help="How long processes wait for each other under torchrun (rank 0 "
-                                            "validates and writes checkpoints while the others wait)."),
+    dist_timeout: float = typer.Option(120.0, "--dist-timeout", metavar="MINUTES", help=DIST_TIMEOUT_HELP),
     max_steps: int | None = typer.Option(None, "--max-steps", hidden=True),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:

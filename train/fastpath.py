@@ -1,9 +1,8 @@
-"""The fastest correct way to run a training step on this machine, chosen as measured (BENCHMARKS.md).
+"""The fastest correct way to run a training step on this machine, chosen as measured.
 
 - bf16 autocast on a CPU only where the CPU computes bf16 natively (AVX512-BF16 or AMX) and the image tower
-  is convolutional: emulated bf16 (AVX-512 without those) measured 0.75× fp32 for clipsearch-tiny, and even
-  with native bf16 a ViT runs slower than in fp32 (DESIGN.md's machine figures), while convolutional towers
-  gain about 2×.
+  is convolutional: emulated bf16 is slower than fp32, and even native bf16 does not speed up a ViT, while
+  convolutional towers gain (BENCHMARKS.md, "Figures behind choices in the code", training).
 - Channels-last memory for convolutional towers (their convolutions' fast layout on CPUs and GPUs); a ViT's
   one convolution, the patch embedding, gains nothing from it.
 - Re-parameterisation (MobileOne/FastViT branches folded into one convolution) is an inference-only rewrite:
