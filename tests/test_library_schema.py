@@ -176,7 +176,7 @@ def test_an_upgrade_that_fails_midway_leaves_the_old_schema_as_it_was(tmp_path):
     result = run_cli("status", "--library", str(folder))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "could not upgrade the library" in result.stderr
-    assert "from schema 0 to 3" in result.stderr and "left as it was" in result.stderr
+    assert f"from schema 0 to {SCHEMA_VERSION}" in result.stderr and "left as it was" in result.stderr
     assert schema_sql(db) == before and db.read_bytes() == data
 
 
@@ -284,7 +284,7 @@ def test_an_upgrade_that_fails_midway_leaves_the_older_schema_as_it_was(older):
     result = run_cli("status", "--library", str(folder))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "could not upgrade the library" in result.stderr
-    assert "from schema 0 to 3" in result.stderr and "left as it was" in result.stderr
+    assert f"from schema 0 to {SCHEMA_VERSION}" in result.stderr and "left as it was" in result.stderr
     assert structure(raw_engine(folder)) == before
 
 
