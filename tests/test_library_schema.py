@@ -141,6 +141,7 @@ def test_a_library_made_before_versions_is_upgraded_in_place_and_answers_as_it_d
 
     status = json.loads(run_cli("status", "--library", str(folder), "--failed", "--json", check=True).stdout)
     assert (status["schema"], status["pictures"], status["failed"]) == (SCHEMA_VERSION, 8, 1)
+    assert status["inference"] == "fp32-eager"  # what filled every library before the path was recorded
     assert status["failures"] == [{"path": "/tmp/clipsearch-legacy/pictures/broken.jpg",
                                    "error": "not a picture (unrecognised format)", "retries": 0, "retry": False}]
     tagged = run_cli("query", "a red circle", "--tag", "blue", "--library", str(folder), "--paths-only", check=True)
