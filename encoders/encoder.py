@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from PIL import Image
 
 from .images import prepare_image
+from .inference import CUDA, EAGER, InferencePath
 from .spec import ModelFingerprint, ModelSpec
 
 TEXT_BATCH = 256
@@ -36,6 +37,8 @@ class ClipEncoder:
     spec: ModelSpec
     fingerprint: ModelFingerprint
     _max_cuda_batch: int | None = field(default=None, repr=False)  # set when a batch ran out of GPU memory
+    inference: str = EAGER  # the image tower's path (encoders/inference.py); the tower as built until chosen
+    _path: InferencePath = field(default=InferencePath(), repr=False)
 
     @property
     def dim(self) -> int:
@@ -50,8 +53,18 @@ class ClipEncoder:
         """One decoded picture → the model's input tensor, prepared exactly as in training."""
         return self.preprocess(prepare_image(image))
 
+    def use_inference(self, name: str) -> None:
+        """Run the image tower on this path from now on (``inference.settle`` decides which); the text tower
+        is untouched."""
+        if self.device.type == "cuda" or name == CUDA:
+            self.inference = CUDA
+            return
+        path = InferencePath.parse(name)
+        self.model.visual = path.tower(self.model.visual)
+        self.inference, self._path = name, path
+
     def _autocast(self):
-        # fp16 autocast pays on CUDA; on CPU bf16 measured slower than fp32 (DESIGN.md).
+        # fp16 autocast pays on CUDA; on CPU bf16 only where the chosen path says (encoders/inference.py).
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
@@ -62,13 +75,13 @@ class ClipEncoder:
 
         On CUDA: the batch goes through pinned memory with a non-blocking copy, runs under fp16
         autocast, and a batch that does not fit is split in halves (remembered for the next
-        calls) instead of ending the run. On CPU: plain fp32 (bf16 autocast measured slower).
+        calls) instead of ending the run. On CPU: the inference path in use (fp32 as built until one is chosen).
         """
         if not isinstance(batch, torch.Tensor):
             batch = torch.stack([self.image_tensor(image) for image in batch])
         if self.device.type != "cuda":
-            with self._autocast():
-                return self.model.encode_image(batch, normalize=True).float().numpy()
+            with self._path.autocast():
+                return self.model.encode_image(self._path.input(batch), normalize=True).float().numpy()
         return self._encode_cuda(batch)
 
     def _encode_cuda(self, batch: torch.Tensor) -> np.ndarray:

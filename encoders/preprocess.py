@@ -9,10 +9,13 @@ batch. The result is bit-for-bit what ``preprocess(image)`` gives.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # the indexer's workers and a run with nothing to embed never import torch
+    import torch
 
 _TO_TENSOR = ("ToTensor", "MaybeToTensor")
 
@@ -45,6 +48,8 @@ class SplitPreprocess:
 
     def batch(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """In the main process: uint8 arrays → the model's N×3×H×W input."""
+        import torch
+
         if not self.fast:
             return torch.stack([self.preprocess(Image.fromarray(a)) for a in arrays])
         from torchvision.transforms import functional as F

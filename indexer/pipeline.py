@@ -9,11 +9,10 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from encoders import ClipEncoder
 from encoders.decode import MAX_PIXELS
 
 from .library import Library, LibraryError, storage_error
@@ -21,6 +20,14 @@ from .prepare import Prepared, SplitPreprocess, prepare_file
 from .scan import ScannedFile, ScanOptions, UnreadableFolder, scan
 from .store import FAILED, OK, PictureState, utcnow
 from .workers import DEFAULT_TIMEOUT, TIMED_OUT, DecodePool
+
+if TYPE_CHECKING:  # a run that finds nothing to embed imports neither torch nor the model
+    import torch
+
+    from encoders import ClipEncoder
+
+    # The encoder, or what loads it: called only when the run has pictures to embed (or a new library to fill).
+    EncoderSource = ClipEncoder | Callable[[], ClipEncoder]
 
 
 class MissingRoot(LibraryError):
@@ -79,6 +86,7 @@ class IndexSummary:
     duplicates: int = 0  # exact copies of a picture already embedded: vector copied, not encoded
     retried: int = 0  # unchanged files tried again because their last failure may have been transient
     embedded: int = 0  # pictures that went through the image encoder
+    inference: str | None = None  # the image tower's path (encoders/inference.py); None when no model was loaded
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU time of this process and its decode workers during the run
     decode_cpu_seconds: float = 0.0  # the decode workers' part of it (0 when decoding runs in threads)
@@ -134,14 +142,13 @@ class IndexRun:
     """One `search index` run. Each batch of rows and vectors is one transaction, so a run
     stopped at any instant leaves a library the next run completes."""
 
-    def __init__(self, library: Library, encoder: ClipEncoder, options: IndexOptions, progress: Progress):
+    def __init__(self, library: Library, encoder: EncoderSource, options: IndexOptions, progress: Progress):
         self.library = library
         self.store = library.store
-        self.encoder = encoder
+        self._encoder_source = encoder
+        self.encoder: ClipEncoder | None = None
         self.options = options
         self.progress = progress
-        self.batch_size = options.batch_size or default_batch_size(encoder.device)
-        self.split = SplitPreprocess(encoder.preprocess)
         self.summary = IndexSummary()
         self.vectors = None
         self.known_hashes: set[str] = set()
@@ -152,10 +159,19 @@ class IndexRun:
         self.vanished: list[PictureState] = []  # rows whose file was deleted between the scan and its reading
         self.hash_kind = self.store.reads.content_hash_kind()
 
+    def _load_encoder(self) -> None:
+        """The model, on the inference path the library records (a new library records the encoder's)."""
+        source = self._encoder_source
+        self.encoder = source() if callable(source) else source
+        self.library.adopt_or_check_model(self.encoder.fingerprint)
+        if self.library.model.inference != self.encoder.inference:
+            self.store.writes.set_inference(self.encoder.inference)
+        self.summary.inference = self.encoder.inference
+        self.batch_size = self.options.batch_size or default_batch_size(self.encoder.device)
+        self.split = SplitPreprocess(self.encoder.preprocess)
+
     def run(self, roots: list[str]) -> IndexSummary:
         started, (own_cpu, workers_cpu) = time.perf_counter(), _cpu_seconds()
-        self.library.adopt_or_check_model(self.encoder.fingerprint)
-        self.vectors = self.library.vector_index(writer=True)
         scanned: dict[str, ScannedFile] = {}
         unreadable: dict[str, str] = {}  # path → why it could not be read
         for found in scan(roots, self.options.scan):
@@ -175,10 +191,13 @@ class IndexRun:
                     continue
                 self.summary.retried += 1
             todo.append((file, state))
+        if todo or not self.library.exists():
+            self._load_encoder()
+        self.vectors = self.library.vector_index(writer=True)
         self.progress.start(len(todo))
         states = {file.path: state for file, state in todo}
         batch = _Batch()
-        for item in self._prepared(file for file, _ in todo):
+        for item in self._prepared(file for file, _ in todo) if todo else ():
             self._route(item, states[item.file.path], batch)
             self.progress.advance()
             if len(batch.pixels) >= self.batch_size or len(batch) >= 4 * self.batch_size:
@@ -333,9 +352,10 @@ class IndexRun:
         self.summary.removed += len(ids)
 
 
-def index_folders(library: Library, encoder: ClipEncoder, roots: Iterable[str | Path],
+def index_folders(library: Library, encoder: EncoderSource, roots: Iterable[str | Path],
                   options: IndexOptions = IndexOptions(), progress: Progress | None = None) -> IndexSummary:
-    """Bring the library in step with the roots: add, re-embed, move, remove, record failures."""
+    """Bring the library in step with the roots: add, re-embed, move, remove, record failures. ``encoder``: the
+    encoder, or a function that loads it, called only when there are pictures to embed."""
     paths = [os.path.abspath(root) for root in roots]
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:

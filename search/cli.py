@@ -96,6 +96,11 @@ TimeoutOption = Annotated[float, typer.Option("--decode-timeout", min=1, callbac
                                               "take to decode before it is skipped as timed out.")]
 WaitOption = Annotated[float, typer.Option("--wait", min=0, callback=finite, help="Seconds to wait for another "
                                            "`search index` on this library to finish, instead of refusing at once.")]
+InferenceOption = Annotated[str | None, typer.Option(
+    "--inference", show_default=False,
+    help="The image tower's path: fp32-eager, cl, reparam, reparam-cl, bf16 (and combinations), or auto to "
+         "measure; default: $CLIPSEARCH_INFERENCE, else the library's own, else the fastest that keeps the "
+         "embeddings on this machine.")]
 
 
 def _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait):
@@ -110,6 +115,16 @@ def _model_spec(model, pretrained, checkpoint):
     from encoders import ModelSpec
 
     return ModelSpec.from_options(model, pretrained, checkpoint)
+
+
+def _load_encoder(spec, recorded: str | None, inference: str | None):
+    """The model on its inference path: forced, else the library's ``recorded`` one, else chosen for this machine."""
+    from encoders import load_encoder
+    from encoders.inference import settle
+
+    encoder = load_encoder(spec)
+    encoder.use_inference(settle(encoder, recorded, inference))
+    return encoder
 
 
 @app.command()
@@ -127,22 +142,23 @@ def index(
     workers: WorkersOption = None,
     decode_timeout: TimeoutOption = 60.0,
     wait: WaitOption = 0.0,
+    inference: InferenceOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
     """Embed every picture under PATHS into the library (incremental: only what changed)."""
     import indexer
-    from encoders import load_encoder
 
     folder = resolve_library_dir(library)
     lib = indexer.Library.open(folder, create=True, database=database)
-    if lib.exists() and not (model or pretrained or checkpoint):
-        spec = lib.model_spec()  # keep filling the library with its own model
-    else:
-        spec = _model_spec(model, pretrained, checkpoint)
+    own_model = lib.exists() and not (model or pretrained or checkpoint)
+    # Its own model: loaded only when there is something to embed (a run that finds nothing new imports no torch).
+    spec = lib.model_spec() if own_model else _model_spec(model, pretrained, checkpoint)
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise indexer.MissingRoot(f"root not found: {', '.join(missing)} (is it unmounted? nothing was changed)")
-    encoder = load_encoder(spec)
+    recorded = lib.model.inference if lib.exists() else None
+    encoder = (lambda: _load_encoder(spec, recorded, inference)) if own_model else \
+        _load_encoder(spec, recorded, inference)
     options = _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait)
     summary = _index_with_progress_bar(lib, encoder, paths, options)
     if json_output:
@@ -355,7 +371,8 @@ def status(
     model = info["model"]
     typer.echo(f"library:   {shown(info['library'])}\npictures:  {info['pictures']}\nfailed:    {info['failed']}\n"
                f"model:     {model['architecture']} ({model['weights']}), dim {model['embed_dim']}, "
-               f"fingerprint {model['fingerprint']}\nroots:     {', '.join(map(shown, info['roots'])) or '-'}\n"
+               f"fingerprint {model['fingerprint']}\ninference: {info['inference'] or '-'}\n"
+               f"roots:     {', '.join(map(shown, info['roots'])) or '-'}\n"
                f"indexed:   {info['last_indexed'] or 'never'}")
     if info["unreadable_folders"]:
         report = unreadable_report(info["unreadable_folders"], info["pictures_kept"])
@@ -475,18 +492,18 @@ def reindex(
     workers: WorkersOption = None,
     decode_timeout: TimeoutOption = 60.0,
     wait: WaitOption = 0.0,
+    inference: InferenceOption = None,
     keep_old: Annotated[bool, typer.Option("--keep-old", help="Keep the old library as LIBRARY.old.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
     """Re-embed every picture with another model; the old library answers queries until the new one is complete."""
     import indexer
-    from encoders import load_encoder
     from search.reindex import reindex as run_reindex
 
     if not (model or pretrained or checkpoint):
         raise fail("name the new model: --model ARCH with --pretrained TAG|none, or --checkpoint PATH")
     lib = indexer.Library.open(resolve_library_dir(library), database=database)
-    encoder = load_encoder(_model_spec(model, pretrained, checkpoint))
+    encoder = _load_encoder(_model_spec(model, pretrained, checkpoint), None, inference)
     record = lib.model
     if record is not None and record.fingerprint == encoder.fingerprint.id:
         typer.echo(f"the library already uses {record.architecture} ({record.weights}): nothing to do")

@@ -305,6 +305,7 @@ class SearchEngine:
             **counts,
             "model": {"architecture": record.architecture, "weights": record.weights,
                       "fingerprint": record.fingerprint, "embed_dim": record.embed_dim},
+            "inference": record.inference,  # the image tower's path that fills it (encoders/inference.py)
             "roots": roots,
             "last_indexed": record.last_indexed_at.isoformat(timespec="seconds") if record.last_indexed_at else None,
             # Folders the last run over their root could not read; the rows under them were kept as they were.

@@ -26,6 +26,14 @@ POSTGRES_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))  # Debian's postgr
 DATABASE_URL_ENV = "SEARCH_DATABASE_URL"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_user_cache(tmp_path_factory):
+    """The tests' CLI runs cache their inference choices (encoders/inference.py) here, not in the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder():
     from encoders import ModelSpec, load_encoder

@@ -141,6 +141,7 @@ def test_a_library_made_before_versions_is_upgraded_in_place_and_answers_as_it_d
 
     status = json.loads(run_cli("status", "--library", str(folder), "--failed", "--json", check=True).stdout)
     assert (status["schema"], status["pictures"], status["failed"]) == (SCHEMA_VERSION, 8, 1)
+    assert status["inference"] == "fp32-eager"  # what filled every library before the path was recorded
     assert status["failures"] == [{"path": "/tmp/clipsearch-legacy/pictures/broken.jpg",
                                    "error": "not a picture (unrecognised format)", "retries": 0, "retry": False}]
     tagged = run_cli("query", "a red circle", "--tag", "blue", "--library", str(folder), "--paths-only", check=True)
@@ -176,7 +177,7 @@ def test_an_upgrade_that_fails_midway_leaves_the_old_schema_as_it_was(tmp_path):
     result = run_cli("status", "--library", str(folder))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "could not upgrade the library" in result.stderr
-    assert "from schema 0 to 3" in result.stderr and "left as it was" in result.stderr
+    assert f"from schema 0 to {SCHEMA_VERSION}" in result.stderr and "left as it was" in result.stderr
     assert schema_sql(db) == before and db.read_bytes() == data
 
 
@@ -284,7 +285,7 @@ def test_an_upgrade_that_fails_midway_leaves_the_older_schema_as_it_was(older):
     result = run_cli("status", "--library", str(folder))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "could not upgrade the library" in result.stderr
-    assert "from schema 0 to 3" in result.stderr and "left as it was" in result.stderr
+    assert f"from schema 0 to {SCHEMA_VERSION}" in result.stderr and "left as it was" in result.stderr
     assert structure(raw_engine(folder)) == before
 
 

@@ -20,7 +20,7 @@ from .schema import VERSION_TABLE
 
 PICTURE_COLUMNS = "id, path, size, mtime_ns, content_hash, width, height, taken_at, status, error"
 MODEL_COLUMNS = ("architecture, weights, fingerprint, weights_digest, embed_dim, generation, index_generation, "
-                 "last_indexed_at, index_count, index_dim, index_ids_digest")
+                 "last_indexed_at, index_count, index_dim, index_ids_digest, inference")
 IDS_PER_STATEMENT = 500  # ids in one `IN (...)`, well within SQLite's and PostgreSQL's parameter limits
 
 

@@ -98,6 +98,7 @@ class ModelRecord:
     index_count: int | None
     index_dim: int | None
     index_ids_digest: str | None
+    inference: str | None  # the image tower's path that fills the library (encoders/inference.py)
 
     @classmethod
     def from_db(cls, row) -> ModelRecord:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..errors import LibraryError
 
-SCHEMA_VERSION = 3  # the newest revision in migrations/versions (a test keeps them equal)
+SCHEMA_VERSION = 4  # the newest revision in migrations/versions (a test keeps them equal)
 VERSION_TABLE = "alembic_version"
 UNVERSIONED = 0  # made before versions were recorded
 LIBRARY_TABLES = frozenset({"library", "pictures", "roots"})  # in every library since the first release

@@ -80,6 +80,8 @@ library = Table(
     # indexer/hashes.py CONTENT_HASHES: new libraries get the current one, older ones keep theirs, so that moved
     # and duplicate files are still recognised.
     Column("content_hash_kind", String(16), nullable=False, server_default="xxh3-128"),
+    # encoders/inference.py: the image tower's path that filled the library; later runs keep it unless forced.
+    Column("inference", String(32)),
 )
 
 # Zero-shot tags: the label a picture got, with its probability, from a label set (labels + templates + model).

@@ -51,6 +51,11 @@ class Writes:
                                              weights_digest=weights_digest, embed_dim=dim, created_at=utcnow(),
                                              generation=0, content_hash_kind=CONTENT_HASH))
 
+    def set_inference(self, path: str) -> None:
+        """The image tower's path (encoders/inference.py) that fills the library from now on."""
+        with self.engine.begin() as c:
+            c.execute(update(library).values(inference=path))
+
     def commit_batch(self, updates: Sequence[tuple[int, dict]], inserts: Sequence[dict]) -> list[int]:
         """One batch of the indexer: rows changed (by id) and rows added, with the generation bumped. Returns the
         new rows' ids, in the order given."""

@@ -1,0 +1,295 @@
+"""How this machine runs a model's image tower: the fastest path that keeps its embeddings.
+
+A path is a combination of steps on the image tower, each only where the tower can use it:
+
+- ``reparam``: re-parameterised for inference (``timm.utils.reparameterize_model``: FastViT/MobileCLIP's
+  RepMixer and MobileOne branches fused into single convolutions), for towers with such layers;
+- ``cl``: channels-last memory format, for convolutional towers (a ViT's one patch convolution gains nothing);
+- ``bf16``: bfloat16 autocast, offered only where the CPU computes it natively (AVX512-BF16 or AMX); elsewhere
+  it is emulated and slower, and runs only when forced.
+
+``fp32-eager`` is the tower as built. A path is chosen by measurement, once per model and machine (cached in
+$XDG_CACHE_HOME/clipsearch/inference.json), among the candidates whose embeddings of a fixed probe set keep
+cosine >= 0.999 to fp32-eager's and the same top-10 neighbours. A library records the path that filled it and
+keeps it (a resumed run must end like an uninterrupted one), unless the user forces another one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .files import atomic_write
+from .spec import ModelError
+
+EAGER = "fp32-eager"
+CUDA = "cuda-fp16"  # a GPU runs fp16 autocast, as before: nothing to choose
+AUTO = "auto"  # forced: measure (or take the cached choice) even where the library recorded a path
+ENV = "CLIPSEARCH_INFERENCE"
+MIN_COSINE = 0.999
+TOP_K = 10
+PROBES = 16  # fixed pictures every candidate embeds: 2 batches, the first one warms the path up, the second is timed
+PROBE_BATCH = 8
+# Neighbours whose fp32-eager scores differ by less than this are tied: their order is rounding noise (a random-weight
+# MobileCLIP2 maps every input within 1e-6 of one direction), which no other path, nor fp32 on other thread counts,
+# reproduces. Pretrained models spread their neighbours far wider.
+TIE = 1e-5
+PROBE_SEED = 1234
+# A path other than fp32-eager must be this much faster to be chosen: timings on a shared machine wobble, and
+# an equal-speed path buys nothing.
+MIN_GAIN = 1.05
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class InferencePath:
+    reparam: bool = False
+    channels_last: bool = False
+    bf16: bool = False
+
+    @property
+    def name(self) -> str:
+        parts = [part for part, on in (("reparam", self.reparam), ("cl", self.channels_last), ("bf16", self.bf16))
+                 if on]
+        return "-".join(parts) or EAGER
+
+    @classmethod
+    def parse(cls, name: str) -> InferencePath:
+        for path in ALL_PATHS:
+            if path.name == name:
+                return path
+        raise ModelError(f"unknown inference path {name!r}; one of: {', '.join(p.name for p in ALL_PATHS)}, "
+                         f"or {AUTO} (measure and choose)")
+
+    def tower(self, visual: torch.nn.Module) -> torch.nn.Module:
+        """The image tower prepared for this path (a copy when anything changes; the original stays as built)."""
+        if self.reparam:
+            from timm.utils import reparameterize_model
+
+            visual = reparameterize_model(visual)
+        elif self.channels_last:
+            visual = copy.deepcopy(visual)
+        if self.channels_last:
+            visual = visual.to(memory_format=torch.channels_last)
+        return visual.eval()
+
+    def input(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+
+ALL_PATHS = tuple(InferencePath(*steps) for steps in product((False, True), repeat=3))
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def native_bf16() -> bool:
+    return bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
+
+
+def reparameterisable(visual: torch.nn.Module) -> bool:
+    return any(hasattr(m, "fuse") or hasattr(m, "reparameterize") or hasattr(m, "switch_to_deploy")
+               for m in visual.modules() if m is not visual)
+
+
+def convolutional(visual: torch.nn.Module) -> bool:
+    return sum(isinstance(m, torch.nn.Conv2d) for m in visual.modules()) > 1
+
+
+def candidates(visual: torch.nn.Module, bf16: bool | None = None) -> list[InferencePath]:
+    """The paths worth measuring for this tower on this CPU (``bf16``: offer bf16; default: where native)."""
+    bf16 = native_bf16() if bf16 is None else bf16
+    can = {"reparam": reparameterisable(visual), "channels_last": convolutional(visual), "bf16": bf16}
+    return [p for p in ALL_PATHS if all(can[step] or not getattr(p, step) for step in can)]
+
+
+def probe_batch(image_size: tuple[int, int], count: int = PROBES) -> torch.Tensor:
+    """Fixed, picture-like inputs (smooth random fields, normalised): the same in every process."""
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    coarse = torch.randn(count, 3, 8, 8, generator=generator)
+    return torch.nn.functional.interpolate(coarse, size=image_size, mode="bicubic", align_corners=False)
+
+
+@torch.inference_mode()
+def embed(visual: torch.nn.Module, path: InferencePath, batch: torch.Tensor) -> np.ndarray:
+    """Unit vectors of ``batch`` through a tower prepared for ``path``, as ``encode_image(normalize=True)``."""
+    with path.autocast():
+        features = visual(path.input(batch))
+    return torch.nn.functional.normalize(features.float(), dim=-1).numpy()
+
+
+def top_k(vectors: np.ndarray, k: int = TOP_K) -> np.ndarray:
+    """Each vector's k nearest others (itself left out), nearest first."""
+    scores = vectors @ vectors.T
+    np.fill_diagonal(scores, -np.inf)
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    min_cosine: float
+    same_top_k: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.min_cosine >= MIN_COSINE and self.same_top_k
+
+
+def same_top_k(reference: np.ndarray, vectors: np.ndarray) -> bool:
+    """Each probe's top-k neighbours among the others are the same, in the same order (ties within TIE aside):
+    the neighbours ``vectors`` ranks first score as high, by fp32-eager's scores, as fp32-eager's own."""
+    k = min(TOP_K, len(reference) - 1)
+    scores = reference @ reference.T
+    theirs = np.take_along_axis(scores, top_k(vectors, k), axis=1)
+    ours = np.take_along_axis(scores, top_k(reference, k), axis=1)
+    return bool(np.all(np.abs(theirs - ours) <= TIE))
+
+
+def agreement(reference: np.ndarray, vectors: np.ndarray) -> Agreement:
+    return Agreement(float(np.min(np.sum(reference * vectors, axis=1))), same_top_k(reference, vectors))
+
+
+@dataclass(frozen=True)
+class Trial:
+    path: str
+    images_per_second: float
+    agreement: Agreement
+
+
+def _timed(tower: torch.nn.Module, path: InferencePath, batch: torch.Tensor) -> tuple[np.ndarray, float]:
+    began = time.perf_counter()
+    vectors = embed(tower, path, batch)
+    return vectors, time.perf_counter() - began
+
+
+def measure(visual: torch.nn.Module, image_size: tuple[int, int], paths: list[InferencePath]) -> list[Trial]:
+    """fp32-eager, then each path, on the probe set: speed (the batch after the first, which warms the path up)
+    and agreement with fp32-eager's vectors. fp32-eager is timed once more at the end, best of both: the first
+    tower measured in a process also pays the process's own warm-up."""
+    probes = probe_batch(image_size)
+    eager = InferencePath()
+    reference, trials = None, []
+    for path in [eager, *[p for p in paths if p != eager]]:
+        tower = path.tower(visual)
+        first = embed(tower, path, probes[:PROBE_BATCH])
+        rest, seconds = _timed(tower, path, probes[PROBE_BATCH:])
+        vectors = np.concatenate([first, rest])
+        reference = vectors if reference is None else reference
+        trials.append(Trial(path.name, (len(probes) - PROBE_BATCH) / seconds, agreement(reference, vectors)))
+        del tower
+    again = (len(probes) - PROBE_BATCH) / _timed(visual, eager, probes[PROBE_BATCH:])[1]
+    trials[0] = Trial(eager.name, max(trials[0].images_per_second, again), trials[0].agreement)
+    return trials
+
+
+def choose(trials: list[Trial]) -> str:
+    """The fastest path that keeps the embeddings, when it beats fp32-eager by MIN_GAIN."""
+    eager = trials[0]
+    kept = [t for t in trials[1:] if t.agreement.ok and t.images_per_second >= MIN_GAIN * eager.images_per_second]
+    return max(kept, key=lambda t: t.images_per_second).path if kept else eager.path
+
+
+def cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clipsearch" / "inference.json"
+
+
+def machine_key(fingerprint_id: str) -> str:
+    """The model's identity with what decides its speed here: CPU model and flags, torch version, threads."""
+    payload = [CACHE_VERSION, fingerprint_id, cpu_model(), sorted(cpu_flags()), torch.__version__,
+               torch.get_num_threads()]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or damaged: measure again
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def cached_choice(encoder) -> str:
+    """The path chosen for this model on this machine: from the cache, else measured now (a few seconds) and
+    cached."""
+    path, key = cache_file(), machine_key(encoder.fingerprint.id)
+    entry = _read_cache(path).get(key)
+    if isinstance(entry, dict) and entry.get("path") in {p.name for p in ALL_PATHS}:
+        return entry["path"]
+    trials = measure(encoder.model.visual, encoder.image_size, candidates(encoder.model.visual))
+    chosen = choose(trials)
+    entries = _read_cache(path)  # again: another process may have added its own since
+    entries[key] = {"path": chosen, "architecture": encoder.fingerprint.architecture, "cpu": cpu_model(),
+                    "torch": torch.__version__, "images_per_second": {t.path: round(t.images_per_second, 2)
+                                                                      for t in trials},
+                    "kept": [t.path for t in trials if t.agreement.ok]}
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(entries, indent=1, sort_keys=True)))
+    except OSError:  # a read-only home: the choice still holds for this run
+        pass
+    return chosen
+
+
+def check_forced(encoder, name: str) -> str:
+    """A path the user asked for: one this tower can take, whose embeddings stay within the bound."""
+    path = InferencePath.parse(name)
+    visual = encoder.model.visual
+    offered = candidates(visual, bf16=True)
+    if path not in offered:
+        raise ModelError(f"inference path {name} does not apply to {encoder.fingerprint.architecture}; its paths: "
+                         f"{', '.join(p.name for p in offered)}")
+    if path != InferencePath():
+        probes = probe_batch(encoder.image_size, PROBE_BATCH * 2)
+        result = agreement(embed(visual, InferencePath(), probes), embed(path.tower(visual), path, probes))
+        if not result.ok:
+            raise ModelError(f"inference path {name} changes the embeddings of {encoder.fingerprint.architecture} "
+                             f"beyond the bound (cosine {result.min_cosine:.5f}, needs {MIN_COSINE}, same top-"
+                             f"{TOP_K}: {result.same_top_k}): use another path")
+    return name
+
+
+def settle(encoder, recorded: str | None, forced: str | None = None) -> str:
+    """The path a run takes: the forced one (``--inference`` or $CLIPSEARCH_INFERENCE), else the one the library
+    recorded, else the cached or measured choice for this model and machine."""
+    if encoder.device.type == "cuda":
+        return CUDA
+    forced = forced or os.environ.get(ENV) or None
+    if forced and forced != AUTO:
+        return check_forced(encoder, forced)
+    if recorded and not forced and recorded != CUDA:
+        return recorded
+    return cached_choice(encoder)

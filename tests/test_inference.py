@@ -1,0 +1,183 @@
+"""The image tower's inference path: chosen among those that keep the embeddings, cached, forced, recorded.
+
+Random weights, offline. Speeds are never asserted (a shared machine), only what the choice may pick.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, TINY, draw_picture, make_pictures, run_cli
+
+from encoders import inference
+from encoders.inference import EAGER, MIN_COSINE, InferencePath
+
+CONFIGS = Path(__file__).parent / "model_configs"
+# Every test config but PE-Core's (timm's smallest PE-Core tower runs at 384 px only: over a minute here).
+TOWERS = ["clipsearch-tiny", "family-vit-openai", "family-convnext", "family-siglip", "family-mobileclip"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    import open_clip
+
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny)
+
+    open_clip.add_model_config(CONFIGS)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch) -> Path:
+    """This test's own inference cache, in this process and the CLI's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(inference.ENV, raising=False)
+    return tmp_path / "cache" / "clipsearch" / "inference.json"
+
+
+def _tower(name: str):
+    """The random-weight image tower of a test config, its input size, and a test library of 40 drawn pictures."""
+    import open_clip
+
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms(name)
+    visual = model.visual.eval()
+    size = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
+    library = torch.stack([preprocess(draw_picture(seed)) for seed in range(40)])
+    return visual, tuple(size), library
+
+
+@pytest.mark.parametrize("name", TOWERS)
+def test_every_path_the_choice_keeps_holds_the_bound_on_a_test_library(name):
+    visual, size, library = _tower(name)
+    paths = inference.candidates(visual, bf16=True)  # bf16 too: this machine may only emulate it, but it runs
+    trials = inference.measure(visual, size, paths)
+    assert [t.path for t in trials][0] == EAGER and {t.path for t in trials} == {p.name for p in paths}
+    reference = inference.embed(visual, InferencePath(), library)
+    kept = [t.path for t in trials if t.agreement.ok]
+    assert EAGER in kept and inference.choose(trials) in kept
+    for name_kept in kept:
+        path = InferencePath.parse(name_kept)
+        vectors = inference.embed(path.tower(visual), path, library)
+        assert np.min(np.sum(reference * vectors, axis=1)) >= MIN_COSINE, name_kept
+        assert inference.same_top_k(reference, vectors), name_kept
+    # The tower as built is left as built: every path works on a copy.
+    np.testing.assert_array_equal(inference.embed(visual, InferencePath(), library), reference)
+
+
+def test_paths_offered_follow_the_tower():
+    offered = {name: {p.name for p in inference.candidates(_tower(name)[0], bf16=False)}
+               for name in ("clipsearch-tiny", "family-convnext", "family-mobileclip")}
+    assert offered["clipsearch-tiny"] == {EAGER}  # a ViT: one patch convolution, nothing to fuse
+    assert offered["family-convnext"] == {EAGER, "cl"}
+    assert offered["family-mobileclip"] == {EAGER, "cl", "reparam", "reparam-cl"}  # FastViT: fused for inference
+
+
+def test_a_path_whose_neighbours_differ_is_refused_even_within_the_cosine_bound():
+    reference = np.random.default_rng(0).standard_normal((24, 64)).astype(np.float32)
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    first, second = inference.top_k(reference, 2)[0]
+    moved = reference.copy()
+    step = 0.0
+    while moved[0] @ moved[second] <= reference[0] @ reference[first]:  # nudge the 2nd neighbour of 0 past the 1st
+        step += 0.001
+        moved[second] = reference[second] + step * reference[0]
+        moved[second] /= np.linalg.norm(moved[second])
+    result = inference.agreement(reference, moved)
+    assert result.min_cosine >= MIN_COSINE and not result.same_top_k and not result.ok
+    assert inference.agreement(reference, reference).ok
+    assert inference.choose([inference.Trial(EAGER, 1.0, inference.agreement(reference, reference)),
+                             inference.Trial("cl", 9.0, result)]) == EAGER
+
+
+def test_the_choice_is_measured_once_then_read_from_the_cache(tiny_encoder, own_cache, monkeypatch):
+    assert inference.cached_choice(tiny_encoder) == EAGER  # a ViT on a CPU without native bf16: nothing else
+    entry = json.loads(own_cache.read_text())[inference.machine_key(tiny_encoder.fingerprint.id)]
+    assert entry["path"] == EAGER and entry["architecture"] == "clipsearch-tiny" and EAGER in entry["kept"]
+
+    def no_measuring(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(inference, "measure", no_measuring)
+    assert inference.cached_choice(tiny_encoder) == EAGER
+    # Another model (or CPU, torch, threads) is another key: measured anew.
+    assert inference.machine_key("another-model") != inference.machine_key(tiny_encoder.fingerprint.id)
+
+
+def test_settle_forced_then_recorded_then_chosen(tiny_encoder, monkeypatch):
+    from encoders import ModelError
+
+    assert inference.settle(tiny_encoder, recorded="fp32-eager", forced=None) == EAGER
+    monkeypatch.setattr(inference, "cached_choice", lambda encoder: "chosen")
+    assert inference.settle(tiny_encoder, recorded="reparam-cl", forced=None) == "reparam-cl"  # the library's own
+    assert inference.settle(tiny_encoder, recorded=None, forced=None) == "chosen"
+    assert inference.settle(tiny_encoder, recorded="reparam-cl", forced="auto") == "chosen"
+    assert inference.settle(tiny_encoder, recorded="reparam-cl", forced=EAGER) == EAGER
+    monkeypatch.setenv(inference.ENV, EAGER)
+    assert inference.settle(tiny_encoder, recorded="reparam-cl", forced=None) == EAGER
+    with pytest.raises(ModelError, match="does not apply to clipsearch-tiny"):
+        inference.settle(tiny_encoder, recorded=None, forced="reparam")
+    with pytest.raises(ModelError, match="unknown inference path 'fast'"):
+        inference.settle(tiny_encoder, recorded=None, forced="fast")
+
+
+def _mobileclip_folder(tmp_path: Path) -> Path:
+    """family-mobileclip exported (the CLI knows test configs only as exported folders)."""
+    import open_clip
+
+    from train.checkpoint import export_model
+
+    torch.manual_seed(0)
+    return export_model(open_clip.create_model("family-mobileclip"), open_clip.get_model_config("family-mobileclip"),
+                        "family-mobileclip", tmp_path / "mobileclip")
+
+
+def test_forced_path_runs_is_recorded_and_kept_by_later_runs(tmp_path):
+    folder, pictures = tmp_path / "lib", tmp_path / "pictures"
+    make_pictures(pictures, 3)
+    model = ("--checkpoint", str(_mobileclip_folder(tmp_path)))
+    first = run_cli("index", str(pictures), "--library", str(folder), *model, "--inference", "reparam-cl", "--json",
+                    check=True)
+    assert json.loads(first.stdout)["inference"] == "reparam-cl"
+    status = json.loads(run_cli("status", "--library", str(folder), "--json", check=True).stdout)
+    assert status["inference"] == "reparam-cl"
+    make_pictures(pictures, 2, start=3)
+    later = json.loads(run_cli("index", str(pictures), "--library", str(folder), "--json", check=True).stdout)
+    assert (later["added"], later["inference"]) == (2, "reparam-cl")  # the library's path, not a new choice
+    make_pictures(pictures, 1, start=5)
+    forced = run_cli("index", str(pictures), "--library", str(folder), "--json", env={inference.ENV: "cl"},
+                     check=True)
+    assert json.loads(forced.stdout)["inference"] == "cl"
+    status = json.loads(run_cli("status", "--library", str(folder), "--json", check=True).stdout)
+    assert status["inference"] == "cl"
+
+
+def test_a_path_that_does_not_apply_or_does_not_exist_is_one_clear_line(tmp_path):
+    pictures = tmp_path / "pictures"
+    make_pictures(pictures, 1)
+    for path, message in (("reparam", "inference path reparam does not apply to clipsearch-tiny"),
+                          ("fast", "unknown inference path 'fast'")):
+        result = run_cli("index", str(pictures), "--library", str(tmp_path / "lib"), *TINY, "--inference", path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        errors = [line for line in result.stderr.splitlines() if not line.startswith("warning: RANDOM WEIGHTS")]
+        assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_an_index_run_with_nothing_to_embed_imports_no_torch(tmp_path):
+    folder, pictures = tmp_path / "lib", tmp_path / "pictures"
+    make_pictures(pictures, 2)
+    run_cli("index", str(pictures), "--library", str(folder), *TINY, check=True)
+    script = ("import sys\nfrom search.cli import main\nsys.argv = ['search', 'index', sys.argv[1], '--library', "
+              "sys.argv[2], '--json']\ntry:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+              "print(sorted(m for m in ('torch', 'open_clip', 'timm') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", script, str(pictures), str(folder)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary, imported = result.stdout.strip().splitlines()
+    assert json.loads(summary)["unchanged"] == 2 and json.loads(summary)["inference"] is None
+    assert imported == "[]"
