@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # torch's OpenMP threads spin-wait between operations by default. While the indexer's decode
-# workers share the cores, that spinning takes their CPU: measured on 2 cores, ViT-B-32 needs
-# ~100 ms of CPU per picture with passive waiting against ~140-150 ms with spinning. Set
-# OMP_WAIT_POLICY yourself to override; it only counts if set before torch is first imported.
+# workers share the cores, that spinning takes their CPU, so the encoder needs markedly more CPU
+# per picture (BENCHMARKS.md, "Indexing", OpenMP passive waiting). Set OMP_WAIT_POLICY yourself
+# to override; it only counts if set before torch is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from PIL import Image
