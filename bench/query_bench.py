@@ -13,12 +13,12 @@ written straight into SQLite; cached in --out), then prints side by side:
 - the import of open_clip's own tokenizer, which the pure-Python copy avoids.
 
 With ``--before REV`` (a commit of this repository, e.g. the one before a change), that commit's tree is
-extracted into --out and run beside this one in the same run, on its own copy of the smallest library
-(each release exports its text tower in its own format): cold `search query` alternately one process of
-each, and the warm API of each in fresh processes taking turns (p50 of a whole query and of the text tower
-alone, ``text_vector``; the saving is before − now). Ratios are "before / now" (higher is better for now).
-The 1-minute load average is recorded before and after each part: figures from a busy machine are only
-comparable within one run.
+extracted into --out and run beside this one in the same run, on a library of the smallest size that its own
+code builds (each release writes its own schema and exports its text tower in its own format): cold `search
+query` alternately one process of each, and the warm API of each in fresh processes taking turns (p50 of a
+whole query and of the text tower alone, ``text_vector``; the saving is before − now). Ratios are "before /
+now" (higher is better for now). The 1-minute load average is recorded before and after each part: figures
+from a busy machine are only comparable within one run.
 
     python bench/query_bench.py --ensemble-eval RUN/model [--eval-data ../shared/data/emoji-twitter]
 
@@ -181,18 +181,21 @@ def before_tree(rev: str, out: Path) -> Path:
     return tree
 
 
-def library_copy(folder: Path, target: Path) -> Path:
-    """The library's database and FAISS file (not its exported text tower) in another folder."""
-    if not (target / "library.db").is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("library.db", *(p.name for p in folder.glob("vectors.*.faiss"))):
-            shutil.copy2(folder / name, target / name)
+def library_of(tree: Path, out: Path, size: int, args) -> Path:
+    """A library of ``size`` synthetic rows made by the tree's own code: each release writes its own schema, and
+    an older one refuses a newer library."""
+    target = out / f"lib-{size}-{tree.name}"
+    script = ("import sys; from pathlib import Path; sys.path.insert(0, 'bench'); from query_bench import "
+              "build_library; from encoders import ModelSpec, load_encoder; "
+              f"build_library(Path({str(target)!r}), load_encoder(ModelSpec.from_options({args.model!r}, "
+              f"{args.pretrained!r}, None)), {size})")
+    run_in(tree, [sys.executable, "-c", script])
     return target
 
 
 def side_by_side(tree: Path, folder: Path, out: Path, args) -> dict:
     """Cold `search query` and warm API p50 of the tree ``tree`` (before) against this one (now)."""
-    before_library = library_copy(folder, out / f"{folder.name}-{tree.name}")
+    before_library = library_of(tree, out, min(args.sizes), args)
     query = ("query", "a dog on the beach", "--library")
     for side, library in ((tree, before_library), (ROOT, folder)):  # the first query of each exports its tower
         run_in(side, search_command(*query, str(library)))
