@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-# torch's OpenMP threads spin-wait between operations by default. While the indexer's decode
-# workers share the cores, that spinning takes their CPU, so the encoder needs markedly more CPU
-# per picture (BENCHMARKS.md, "Indexing", OpenMP passive waiting). Set OMP_WAIT_POLICY yourself
-# to override; it only counts if set before torch is first imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import torch  # noqa: E402
+# isort: off
+from . import openmp  # noqa: F401  (before torch: its threads wait passively)
+import torch
+# isort: on
 from PIL import Image
 
 from .images import prepare_image
