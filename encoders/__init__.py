@@ -6,7 +6,7 @@ built-in architectures (clipsearch-tiny) register with open_clip when ``encoders
 that names one to open_clip directly imports that module first.
 """
 
-from importlib import import_module
+from .lazy import lazy_names
 
 _MODULES = {
     ".encoder": ("ClipEncoder", "best_device"),
@@ -19,13 +19,4 @@ _MODULES = {
     ".templates": ("MAX_TEMPLATES", "PAPER_TEMPLATES", "SHORT_TEMPLATES", "load_templates"),
     ".text": ("TextEncoder",),
 }
-_HOME = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = list(_HOME)
-
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module 'encoders' has no attribute {name!r}")
-    value = getattr(import_module(_HOME[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_names(__name__, _MODULES)

@@ -4,7 +4,7 @@ Names load on first use: `search query` reads a library through the light module
 store, indexproof) without paying for torch, which the pipeline imports.
 """
 
-from importlib import import_module
+from encoders.lazy import lazy_names
 
 _MODULES = {
     # The decoder is shared with the trainer and lives in encoders; its names (and the module, as
@@ -17,16 +17,4 @@ _MODULES = {
     ".store": ("FAILED", "OK", "LibraryBusy", "LibraryStore", "PictureRow"),
     ".vectors": ("VectorIndex",),
 }
-_HOME = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = ["decode", *_HOME]
-
-
-def __getattr__(name: str):
-    if name == "decode":
-        value = import_module("encoders.decode")
-    elif name in _HOME:
-        value = getattr(import_module(_HOME[name], __name__), name)
-    else:
-        raise AttributeError(f"module 'indexer' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_names(__name__, _MODULES, submodules={"decode": "encoders.decode"})

@@ -12,7 +12,7 @@ Nothing outside this package writes SQL. Names load on first use, so `import ind
 almost nothing (no SQLAlchemy, no Alembic, no torch).
 """
 
-from importlib import import_module
+from encoders.lazy import lazy_names
 
 _MODULES = {
     ".database": ("DATABASE_URL_ENV", "LibraryStore", "database_url", "open_store"),
@@ -23,13 +23,4 @@ _MODULES = {
     ".sqlitefile": ("DB_NAME",),
     ".writes": ("copy_tags",),
 }
-_HOME = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = list(_HOME)
-
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module 'indexer.store' has no attribute {name!r}")
-    value = getattr(import_module(_HOME[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_names(__name__, _MODULES)
