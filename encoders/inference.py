@@ -118,6 +118,12 @@ def cpu_model() -> str:
 
 
 def native_bf16() -> bool:
+    """AVX512-BF16 or AMX: the CPU multiplies bf16 itself (elsewhere oneDNN emulates it, slower than fp32). Asked of
+    torch, which sees what oneDNN will use; the CPU's flags where this torch cannot say."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(check is not None for check in checks):
+        return any(check() for check in checks if check is not None)
     return bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
 
 

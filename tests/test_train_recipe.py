@@ -141,7 +141,7 @@ def test_pictures_of_several_sizes_share_one_batch():
     import open_clip
     from PIL import Image
 
-    import encoders  # noqa: F401
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
     from train.augment import BatchCrop
     from train.model import _transforms
 
@@ -171,7 +171,7 @@ def _resnet_holder():
 def test_bf16_only_where_native_and_the_tower_gains(monkeypatch):
     import open_clip
 
-    import encoders  # noqa: F401
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
     from train import fastpath
     from train.loop import resolve_precision
 
@@ -188,7 +188,7 @@ def test_bf16_only_where_native_and_the_tower_gains(monkeypatch):
 def test_channels_last_for_convolutional_towers_only():
     import open_clip
 
-    import encoders  # noqa: F401
+    import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
     from train.fastpath import to_channels_last, wants_channels_last
 
     assert not wants_channels_last(open_clip.create_model("clipsearch-tiny"))

@@ -13,12 +13,7 @@ from __future__ import annotations
 
 import torch
 
-
-def native_bf16() -> bool:
-    """AVX512-BF16 or AMX: the CPU multiplies bf16 itself (elsewhere oneDNN emulates it, slower than fp32)."""
-    cpu = getattr(torch, "cpu", None)
-    checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
-    return any(check() for check in checks if check is not None)
+from encoders.inference import native_bf16
 
 
 def transformer_image_tower(model: torch.nn.Module) -> bool:
