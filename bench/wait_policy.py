@@ -1,4 +1,4 @@
-"""A training step with torch's OpenMP threads spinning (their default) against waiting passively (ours).
+"""A training step with torch's OpenMP threads spinning (their default) against waiting passively (the indexer's).
 
     python bench/wait_policy.py                  # clipsearch-tiny, batch 128, 2 threads, 4 rounds
     python bench/wait_policy.py --rounds 6 --steps 20
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.machine import cpu_summary  # noqa: E402
 
-SIDES = {"spinning (OpenMP default)": "ACTIVE", "passive (ours)": "PASSIVE"}
+SIDES = {"spinning (OpenMP default)": "ACTIVE", "passive (the indexer's)": "PASSIVE"}
 
 
 def one_side(steps: int, batch: int, threads: int) -> dict:

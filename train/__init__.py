@@ -4,8 +4,6 @@ checkpoints and evaluation (retrieval recall@k, zero-shot accuracy).
 Kept import-light: ``train.cli`` must load without torch so ``search --help`` stays fast.
 """
 
-import encoders.openmp  # noqa: F401  (before any train module imports torch: its threads wait passively)
-
 from .errors import TrainConfigError
 
 __all__ = ["TrainConfigError"]
