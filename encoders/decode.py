@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
-from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
 from .files import InputFileError, read_regular_file
 from .images import on_white, orientation, upright
@@ -44,6 +44,9 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 EXIF_DATE_TAKEN = 0x9003  # DateTimeOriginal, in the Exif sub-IFD
 EXIF_IFD = 0x8769
 EXIF_DATETIME = 0x0132
+EXIF_THUMBNAIL_OFFSET, EXIF_THUMBNAIL_LENGTH = 0x0201, 0x0202  # in IFD1, from the TIFF header after b"Exif\0\0"
+MPF_PREVIEWS = frozenset({"Large Thumbnail (VGA Equivalent)", "Large Thumbnail (Full HD Equivalent)"})  # Pillow's names
+ASPECT_TOLERANCE = 0.01  # how far a preview's width/height may be from the picture's: the model's crop barely moves
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
@@ -105,11 +108,7 @@ def decode_picture(data: bytes, min_side: int, max_pixels: int = MAX_PIXELS,
             if turn in (5, 6, 7, 8):
                 width, height = height, width
             taken_at = _date_taken(image)
-            stored = image.size
-            size, extra = _scale_down(data, image, min_side)
-            factor = _shrink_factor(size, min_side)
-            _check_memory(image, stored, size, extra, factor, max_bytes)
-            image = upright(_rgb_shrunk(_load(data, image, min_side), factor), turn)
+            image = upright(_pixels(data, image, min_side, max_bytes), turn)
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's backstop, at twice our limit
@@ -120,6 +119,71 @@ def decode_picture(data: bytes, min_side: int, max_pixels: int = MAX_PIXELS,
         # Pillow signals corrupt data through many exception types.
         raise DecodeError(_reason(e)) from e
     return DecodedPicture(image=image, width=width, height=height, taken_at=taken_at)
+
+
+def _pixels(data: bytes, image: Image.Image, min_side: int, max_bytes: int) -> Image.Image:
+    """The picture's RGB pixels as stored (not yet upright), reduced: those of a preview it embeds where one
+    will do (``_preview``), else its own."""
+    preview = _preview(data, image, min_side)
+    if preview is not None:
+        try:
+            return _reduced(*preview, min_side, max_bytes)
+        except Exception:  # a broken preview never fails a good picture: the picture itself decodes as before
+            pass
+    return _reduced(data, image, min_side, max_bytes)
+
+
+def _reduced(data: bytes, image: Image.Image, min_side: int, max_bytes: int) -> Image.Image:
+    """The opened picture decoded at reduced scale, converted to RGB and shrunk, within ``max_bytes``."""
+    stored = image.size
+    size, extra = _scale_down(data, image, min_side)
+    factor = _shrink_factor(size, min_side)
+    _check_memory(image, stored, size, extra, factor, max_bytes)
+    return _rgb_shrunk(_load(data, image, min_side), factor)
+
+
+def _preview(data: bytes, image: Image.Image, min_side: int) -> tuple[bytes, Image.Image] | None:
+    """The smallest preview this JPEG embeds that can stand in for it, as (its bytes, it opened), or None.
+
+    A camera's MPF preview (often 1920 pixels wide) decodes in a fraction of the CPU of its 12+ MP
+    picture, even at the picture's smallest DCT scale. It stands in when its shorter side covers
+    ``min_side`` and its shape is the picture's (a letterboxed or cropped preview would change what the
+    model sees); it is stored as the picture is, so the picture's EXIF orientation turns it the same way.
+    """
+    if not isinstance(image, JpegImagePlugin.JpegImageFile):
+        return None
+    width, height = image.size
+    found = None
+    for preview in _embedded_jpegs(data, image):
+        try:
+            opened = Image.open(io.BytesIO(preview), formats=["JPEG"])
+        except Exception:  # not a JPEG after all: the picture decodes as usual
+            continue
+        w, h = opened.size
+        same_shape = abs(w * height - h * width) <= ASPECT_TOLERANCE * h * width
+        smaller = w * h < (width * height if found is None else found[1].width * found[1].height)
+        if min(w, h) >= min_side and same_shape and smaller:
+            found = (preview, opened)
+    return found
+
+
+def _embedded_jpegs(data: bytes, image: JpegImagePlugin.JpegImageFile) -> list[bytes]:
+    """The previews a JPEG carries, slices of its own bytes: its EXIF thumbnail (IFD1, inside the EXIF
+    segment, so at most 64 KB and seldom big enough) and its MPF large thumbnails."""
+    found = []
+    try:
+        thumbnail = image.getexif().get_ifd(ExifTags.IFD.IFD1)
+        start = 6 + thumbnail[EXIF_THUMBNAIL_OFFSET]
+        found.append(image.info["exif"][start:start + thumbnail[EXIF_THUMBNAIL_LENGTH]])
+    except Exception:  # no thumbnail, or malformed EXIF (common): nothing to use
+        pass
+    entries = getattr(image, "mpinfo", {}).get(0xB002, [])  # Pillow's MpoImageFile: a JPEG with more than one image
+    previews = [entry for entry in entries if entry["Attribute"]["MPType"] in MPF_PREVIEWS]
+    if previews:
+        # MPF offsets count from the MP header in the APP2 segment (Pillow keeps its bytes, not where it was).
+        header = data.find(b"MPF\0" + image.info["mp"]) + 4
+        found += [data[header + entry["DataOffset"]:header + entry["DataOffset"] + entry["Size"]] for entry in previews]
+    return found
 
 
 def _scale_down(data: bytes, image: Image.Image, min_side: int) -> tuple[tuple[int, int], int]:
