@@ -12,12 +12,12 @@ import struct
 
 import numpy as np
 import pytest
+from camera_helpers import camera_jpeg, set_mp_entry
 from PIL import Image
 
 from encoders.decode import decode_picture
 
 PICTURE, PREVIEW, OTHER_PREVIEW = (200, 40, 40), (40, 40, 200), (40, 200, 40)
-FULL_HD_PREVIEW = 0x010002  # MPF's "Large Thumbnail (Full HD Equivalent)"
 ROTATE_90_CLOCKWISE = 6  # EXIF orientation: the stored picture is turned a quarter to the left
 
 
@@ -29,32 +29,6 @@ def jpeg(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=90)
     return out.getvalue()
-
-
-def set_mp_entry(data: bytes, index: int, mptype: int = FULL_HD_PREVIEW, size: int | None = None,
-                 offset: int | None = None) -> bytes:
-    """The file with its MPF entry ``index`` rewritten: Pillow writes its extra images as "Undefined",
-    where a camera marks its preview as a large thumbnail."""
-    entry = Image.open(io.BytesIO(data)).mpinfo[0xB002][index]
-    size_and_offset = struct.pack("<LL", entry["Size"], entry["DataOffset"])  # Pillow writes little-endian
-    assert data.count(size_and_offset) == 1
-    start = data.index(size_and_offset) - 4  # the entry: attribute (with the type), size, offset, two links
-    new = struct.pack("<LLL", mptype, size or entry["Size"], entry["DataOffset"] if offset is None else offset)
-    return data[:start] + new + data[start + len(new):]
-
-
-def camera_jpeg(picture: Image.Image, *previews: Image.Image, orientation: int = 1) -> bytes:
-    """A JPEG as cameras write them: the picture, then its previews in MPF (Multi-Picture Format)."""
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    out = io.BytesIO()
-    picture.save(out, format="MPO", save_all=True, append_images=list(previews), exif=exif.tobytes(), quality=90)
-    data = out.getvalue()
-    for index in range(1, len(previews) + 1):
-        data = set_mp_entry(data, index)
-    assert all(entry["Attribute"]["MPType"] == "Large Thumbnail (Full HD Equivalent)"
-               for entry in Image.open(io.BytesIO(data)).mpinfo[0xB002][1:])
-    return data
 
 
 def exif_with_thumbnail(thumbnail: bytes) -> bytes:
