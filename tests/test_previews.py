@@ -65,14 +65,21 @@ def test_the_smallest_preview_that_covers_the_model_is_used():
 
 
 def test_a_preview_is_turned_by_the_pictures_orientation():
-    """The preview is stored as the picture is: the picture's EXIF orientation turns both the same way."""
+    """The preview is stored as the picture is: the picture's EXIF orientation turns it, whatever its own says."""
     def halves(top, bottom, size):  # as stored: `top` on the left, turned upright it is on top
         image = solid(bottom, size)
         image.paste(top, (0, 0, size[0] // 2, size[1]))
         return image
 
-    data = camera_jpeg(halves(PICTURE, OTHER_PREVIEW, (800, 600)), halves(PREVIEW, OTHER_PREVIEW, (400, 300)),
-                       orientation=ROTATE_90_CLOCKWISE)
+    preview = halves(PREVIEW, OTHER_PREVIEW, (400, 300))
+    as_stored = Image.Exif()
+    as_stored[0x0112] = 1
+    preview.encoderinfo = {"exif": as_stored.tobytes()}  # its own EXIF (Pillow's MPO writer would copy the picture's)
+    data = camera_jpeg(halves(PICTURE, OTHER_PREVIEW, (800, 600)), preview, orientation=ROTATE_90_CLOCKWISE)
+    written = Image.open(io.BytesIO(data))
+    assert written.getexif()[0x0112] == ROTATE_90_CLOCKWISE
+    written.seek(1)
+    assert written.getexif()[0x0112] == 1
     decoded = decode_picture(data, 224)
     width, height = decoded.image.size
     assert height > width and (decoded.width, decoded.height) == (600, 800)
