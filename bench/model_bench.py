@@ -38,8 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 OPENCLIP = "open_clip docs/openclip_results.csv + openclip_retrieval_results.csv @89fb801"
 MOBILECLIP = "apple/ml-mobileclip results/*.jsonl @4144bb1"
-SIGLIP2_CARD = "google/siglip2-base-patch16-256 model card (SigLIP 2 paper, arXiv 2502.14786)"
-# model → (pretrained tag, ImageNet top-1 %, COCO text→image R@1 %, source); None where no source was at hand.
+SIGLIP2 = "google-research/big_vision big_vision/configs/proj/image_text/README_siglip2.md @1659d42"
+PE_CORE = "facebookresearch/perception_models apps/pe/README.md @3e352cc (IN-1k, COCO-T2I columns)"
+# model → (pretrained tag, ImageNet top-1 %, COCO text→image R@1 %, source).
 PUBLISHED = {
     "ViT-B-32": ("laion2b_s34b_b79k", 66.6, 39.3, OPENCLIP),
     "MobileCLIP2-S0": ("dfndr2b", 71.5, 43.7, MOBILECLIP),
@@ -48,10 +49,10 @@ PUBLISHED = {
     "MobileCLIP-S1": ("datacompdr", 72.6, 44.0, MOBILECLIP),
     "MobileCLIP-S2": ("datacompdr", 74.4, 45.4, MOBILECLIP),
     "MobileCLIP2-B": ("dfndr2b", 79.4, 49.9, MOBILECLIP),
-    "ViT-B-32-SigLIP2-256": ("webli", None, None, None),
-    "ViT-B-16-SigLIP2-256": ("webli", 79.1, 53.2, SIGLIP2_CARD),
-    "PE-Core-S-16-384": ("meta", None, None, None),
-    "PE-Core-T-16-384": ("meta", None, None, None),
+    "ViT-B-32-SigLIP2-256": ("webli", 74.0, 47.2, SIGLIP2),
+    "ViT-B-16-SigLIP2-256": ("webli", 79.1, 53.2, SIGLIP2),
+    "PE-Core-S-16-384": ("meta", 72.7, 42.6, PE_CORE),
+    "PE-Core-T-16-384": ("meta", 62.1, 33.0, PE_CORE),
 }
 
 
