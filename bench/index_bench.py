@@ -284,7 +284,7 @@ def _measure_onnx(encoder, x, reference, seconds: float) -> dict:
         import onnxruntime as ort
         import torch
 
-        from encoders.text.export import unfused_attention
+        from encoders.onnx.export import unfused_attention
     except ImportError as e:
         return {"skipped": f"onnxruntime not installed ({e})"}
 

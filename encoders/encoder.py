@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from .images import prepare_image
 from .inference import CUDA, EAGER, InferencePath
+from .preprocess import SplitPreprocess
 from .spec import ModelFingerprint, ModelSpec
 
 TEXT_BATCH = 256
@@ -46,6 +48,11 @@ class ClipEncoder:
         size = self.model.visual.image_size
         return (size, size) if isinstance(size, int) else tuple(size)
 
+    @functools.cached_property
+    def split(self) -> SplitPreprocess:
+        """The preprocess split into per-picture and per-batch steps (what the indexer's workers run)."""
+        return SplitPreprocess(self.preprocess)
+
     def image_tensor(self, image: Image.Image) -> torch.Tensor:
         """One decoded picture → the model's input tensor, prepared exactly as in training."""
         return self.preprocess(prepare_image(image))
@@ -67,14 +74,17 @@ class ClipEncoder:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def encode_images(self, batch: torch.Tensor | Sequence[Image.Image]) -> np.ndarray:
-        """A batch of preprocessed tensors (N×3×H×W) or PIL pictures → N×dim unit vectors.
+    def encode_images(self, batch: torch.Tensor | np.ndarray | Sequence[Image.Image]) -> np.ndarray:
+        """A batch of preprocessed pictures (N×3×H×W, a tensor or ``split.array``'s array) or PIL pictures → N×dim
+        unit vectors.
 
         On CUDA: the batch goes through pinned memory with a non-blocking copy, runs under fp16
         autocast, and a batch that does not fit is split in halves (remembered for the next
         calls) instead of ending the run. On CPU: the inference path in use (fp32 as built until one is chosen).
         """
-        if not isinstance(batch, torch.Tensor):
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(batch)
+        elif not isinstance(batch, torch.Tensor):
             batch = torch.stack([self.image_tensor(image) for image in batch])
         if self.device.type != "cuda":
             with self._path.autocast():

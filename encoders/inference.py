@@ -8,6 +8,11 @@ A path is a combination of steps on the image tower, each only where the tower c
 - ``bf16``: bfloat16 autocast, offered only where the CPU computes it natively (AVX512-BF16 or AMX); elsewhere
   it is emulated and slower, and runs only when forced.
 
+- ``onnx``: the tower exported beside the library and run by ONNX Runtime (``encoders.onnx.image``),
+  re-parameterised where it can be; offered to `search index`, which has a library folder to export into. A
+  library filled on it embeds its later pictures without importing torch: seconds less at every run's start, so
+  it is chosen when it is as fast as the fastest PyTorch path (within MIN_GAIN), not only when faster.
+
 ``fp32-eager`` is the tower as built. A path is chosen by measurement, once per model and machine (cached in
 $XDG_CACHE_HOME/clipsearch/inference.json), among the candidates whose embeddings of a fixed probe set keep
 cosine >= 0.999 to fp32-eager's and the same top-10 neighbours. A library records the path that filled it and
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -31,12 +37,12 @@ import numpy as np
 import torch
 
 from .files import atomic_write
-from .spec import ModelError
+from .onnx.image import ONNX
+from .spec import INFERENCE_ENV, ModelError
 
 EAGER = "fp32-eager"
 CUDA = "cuda-fp16"  # a GPU runs fp16 autocast, as before: nothing to choose
 AUTO = "auto"  # forced: measure (or take the cached choice) even where the library recorded a path
-ENV = "CLIPSEARCH_INFERENCE"
 MIN_COSINE = 0.999
 TOP_K = 10
 PROBES = 16  # fixed pictures every candidate embeds: 2 batches, the first one warms the path up, the second is timed
@@ -202,10 +208,12 @@ def _timed(tower: torch.nn.Module, path: InferencePath, batch: torch.Tensor) -> 
     return vectors, time.perf_counter() - began
 
 
-def measure(visual: torch.nn.Module, image_size: tuple[int, int], paths: list[InferencePath]) -> list[Trial]:
-    """fp32-eager, then each path, on the probe set: speed (the batch after the first, which warms the path up)
-    and agreement with fp32-eager's vectors. fp32-eager is timed once more at the end, best of both: the first
-    tower measured in a process also pays the process's own warm-up."""
+def measure(visual: torch.nn.Module, image_size: tuple[int, int], paths: list[InferencePath],
+            onnx=None) -> list[Trial]:
+    """fp32-eager, then each path (and ``onnx``, an exported ``OnnxImageEncoder``, if given), on the probe set:
+    speed (the batch after the first, which warms the path up) and agreement with fp32-eager's vectors.
+    fp32-eager is timed once more at the end, best of both: the first tower measured in a process also pays the
+    process's own warm-up."""
     probes = probe_batch(image_size)
     eager = InferencePath()
     reference, trials = None, []
@@ -217,16 +225,30 @@ def measure(visual: torch.nn.Module, image_size: tuple[int, int], paths: list[In
         reference = vectors if reference is None else reference
         trials.append(Trial(path.name, (len(probes) - PROBE_BATCH) / seconds, agreement(reference, vectors)))
         del tower
+    if onnx is not None:
+        pixels = probes.numpy()
+        first = onnx.encode_images(pixels[:PROBE_BATCH])
+        began = time.perf_counter()
+        rest = onnx.encode_images(pixels[PROBE_BATCH:])
+        seconds = time.perf_counter() - began
+        trials.append(Trial(ONNX, (len(probes) - PROBE_BATCH) / seconds,
+                            agreement(reference, np.concatenate([first, rest]))))
     again = (len(probes) - PROBE_BATCH) / _timed(visual, eager, probes[PROBE_BATCH:])[1]
     trials[0] = Trial(eager.name, max(trials[0].images_per_second, again), trials[0].agreement)
     return trials
 
 
-def choose(trials: list[Trial]) -> str:
-    """The fastest path that keeps the embeddings, when it beats fp32-eager by MIN_GAIN."""
+def choose(trials: list[Trial], onnx: bool = True) -> str:
+    """The fastest PyTorch path that keeps the embeddings, when it beats fp32-eager by MIN_GAIN; ONNX (where
+    ``onnx`` is offered) when it keeps them and comes within MIN_GAIN of that path's speed."""
     eager = trials[0]
-    kept = [t for t in trials[1:] if t.agreement.ok and t.images_per_second >= MIN_GAIN * eager.images_per_second]
-    return max(kept, key=lambda t: t.images_per_second).path if kept else eager.path
+    kept = [t for t in trials[1:] if t.agreement.ok and t.path != ONNX
+            and t.images_per_second >= MIN_GAIN * eager.images_per_second]
+    best = max(kept, key=lambda t: t.images_per_second) if kept else eager
+    exported = [t for t in trials if t.path == ONNX and t.agreement.ok]
+    if onnx and exported and exported[0].images_per_second * MIN_GAIN >= best.images_per_second:
+        return ONNX
+    return best.path
 
 
 def cache_file() -> Path:
@@ -249,17 +271,40 @@ def _read_cache(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def cached_choice(encoder) -> str:
+def _cached_trials(entry) -> list[Trial] | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("images_per_second"), dict):
+        return None
+    speeds, kept = entry["images_per_second"], set(entry.get("kept", ()))
+    kept.add(EAGER)
+    if EAGER not in speeds or not set(speeds) <= {p.name for p in ALL_PATHS} | {ONNX}:
+        return None
+    ordered = [EAGER, *[name for name in speeds if name != EAGER]]
+    return [Trial(name, float(speeds[name]), Agreement(1.0 if name in kept else 0.0, name in kept))
+            for name in ordered]
+
+
+def cached_choice(encoder, offer_onnx=None) -> str:
     """The path chosen for this model on this machine: from the cache, else measured now (a few seconds) and
-    cached."""
+    cached. ``offer_onnx``: gives the image tower exported beside the library (or None); called only when the
+    cache has no ONNX measurement for this model, or chose ONNX."""
     path, key = cache_file(), machine_key(encoder.fingerprint.id)
-    entry = _read_cache(path).get(key)
-    if isinstance(entry, dict) and entry.get("path") in {p.name for p in ALL_PATHS}:
-        return entry["path"]
-    trials = measure(encoder.model.visual, encoder.image_size, candidates(encoder.model.visual))
-    chosen = choose(trials)
+    trials = _cached_trials(_read_cache(path).get(key))
+    onnx = None
+    if trials is not None and offer_onnx is not None and (all(t.path != ONNX for t in trials)
+                                                          or choose(trials) == ONNX):
+        onnx = offer_onnx()
+        if onnx is not None and all(t.path != ONNX for t in trials):
+            trials = None  # measure again, with ONNX among the paths
+    if trials is None:
+        onnx = onnx if onnx is not None or offer_onnx is None else offer_onnx()
+        trials = measure(encoder.model.visual, encoder.image_size, candidates(encoder.model.visual), onnx)
+        _write_cache(path, key, encoder, trials)
+    return choose(trials, onnx=onnx is not None)
+
+
+def _write_cache(path: Path, key: str, encoder, trials: list[Trial]) -> None:
     entries = _read_cache(path)  # again: another process may have added its own since
-    entries[key] = {"path": chosen, "architecture": encoder.fingerprint.architecture, "cpu": cpu_model(),
+    entries[key] = {"path": choose(trials), "architecture": encoder.fingerprint.architecture, "cpu": cpu_model(),
                     "torch": torch.__version__, "images_per_second": {t.path: round(t.images_per_second, 2)
                                                                       for t in trials},
                     "kept": [t.path for t in trials if t.agreement.ok]}
@@ -267,7 +312,6 @@ def cached_choice(encoder) -> str:
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(entries, indent=1, sort_keys=True)))
     except OSError:  # a read-only home: the choice still holds for this run
         pass
-    return chosen
 
 
 def check_forced(encoder, name: str) -> str:
@@ -288,14 +332,62 @@ def check_forced(encoder, name: str) -> str:
     return name
 
 
-def settle(encoder, recorded: str | None, forced: str | None = None) -> str:
+def settle(encoder, recorded: str | None, forced: str | None = None, offer_onnx=None) -> str:
     """The path a run takes: the forced one (``--inference`` or $CLIPSEARCH_INFERENCE), else the one the library
-    recorded, else the cached or measured choice for this model and machine."""
+    recorded, else the cached or measured choice for this model and machine (ONNX among them where
+    ``offer_onnx`` gives an exported tower)."""
     if encoder.device.type == "cuda":
         return CUDA
-    forced = forced or os.environ.get(ENV) or None
+    forced = forced or os.environ.get(INFERENCE_ENV) or None
     if forced and forced != AUTO:
-        return check_forced(encoder, forced)
+        return ONNX if forced == ONNX else check_forced(encoder, forced)
     if recorded and not forced and recorded != CUDA:
         return recorded
-    return cached_choice(encoder)
+    return cached_choice(encoder, offer_onnx)
+
+
+def _exported(encoder, folder: Path | None, strict: bool):
+    """The image tower exported beside the library in ``folder`` (exported now if need be), or None where it
+    cannot be (``strict``: a one-line ModelError saying why)."""
+    from .onnx.export import ExportRefused
+    from .onnx.image import OnnxImageEncoder, export_image_tower
+    from .onnx.runtime import onnx_available
+    from .onnx.sidecar import IMAGE, REFUSED, export_state, read_meta, record_refusal
+
+    fingerprint = encoder.fingerprint
+    if folder is None:
+        problem = "only `search index` takes it (it exports the image tower beside the library)"
+    elif not onnx_available(export=True):
+        problem = "the onnx and onnxruntime packages are not installed"
+    elif export_state(folder, fingerprint.id, IMAGE) == REFUSED:
+        problem = read_meta(folder, fingerprint.id, IMAGE)["refused"]
+    else:
+        try:
+            return OnnxImageEncoder.for_library(folder, fingerprint) or export_image_tower(encoder, folder)
+        except ExportRefused as e:
+            record_refusal(folder, fingerprint.id, str(e), IMAGE)
+            problem = str(e)
+        except (OSError, ImportError) as e:  # a full disk, or an `onnx` that cannot save
+            problem = f"the export failed ({e})"
+    if strict:
+        raise ModelError(f"inference path {ONNX} is not available for {fingerprint.architecture}: {problem}")
+    return None
+
+
+def image_encoder(encoder, recorded: str | None, forced: str | None = None, folder: Path | None = None):
+    """What a run embeds pictures with: ``encoder`` on its PyTorch path, or its image tower exported to ONNX
+    beside the library in ``folder`` (``search index``; an ``OnnxImageEncoder``), as ``settle`` decides."""
+    forced = forced or os.environ.get(INFERENCE_ENV) or None
+    exported = functools.cache(lambda: _exported(encoder, folder, strict=forced == ONNX))
+    name = settle(encoder, recorded, forced, exported if folder is not None else None)
+    if name == ONNX:
+        onnx = exported()
+        if onnx is not None:
+            return onnx
+        name = cached_choice(encoder)  # recorded, but the export is gone and cannot be made again here
+    if folder is not None:
+        from .onnx.sidecar import IMAGE, remove_towers
+
+        remove_towers(folder, IMAGE)  # measured and not chosen, or left by an earlier run on ONNX
+    encoder.use_inference(name)
+    return encoder

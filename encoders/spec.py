@@ -15,6 +15,8 @@ HUB_PREFIX = "hf-hub:"
 # The seed that makes `--pretrained none` the same random model in every process, so a
 # library indexed with it can still be queried.
 RANDOM_INIT_SEED = 0
+# Forces the image tower's inference path (encoders/inference.py), as `--inference` does.
+INFERENCE_ENV = "CLIPSEARCH_INFERENCE"
 
 
 class ModelError(Exception):

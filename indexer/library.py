@@ -63,6 +63,13 @@ class Library:
                                f"run `search index PATH --library {self.folder}`")
         return ModelSpec.from_weights(record.architecture, record.weights)
 
+    def model_fingerprint(self) -> ModelFingerprint:
+        """The identity of the model that filled the library, as recorded (no model loaded)."""
+        from encoders.spec import ModelFingerprint
+
+        record = self.model
+        return ModelFingerprint(record.architecture, record.weights, record.weights_digest, record.embed_dim)
+
     def adopt_or_check_model(self, fingerprint: ModelFingerprint) -> None:
         """A new library records the model; an existing one refuses any other model."""
         record = self.model

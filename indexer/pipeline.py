@@ -16,7 +16,7 @@ import numpy as np
 from encoders.decode import MAX_PIXELS
 
 from .library import Library, LibraryError, storage_error
-from .prepare import Prepared, SplitPreprocess, prepare_file
+from .prepare import Prepared, prepare_file
 from .scan import ScannedFile, ScanOptions, UnreadableFolder, scan
 from .store import FAILED, OK, PictureState, utcnow
 from .workers import DEFAULT_TIMEOUT, TIMED_OUT, DecodePool
@@ -25,9 +25,11 @@ if TYPE_CHECKING:  # a run that finds nothing to embed imports neither torch nor
     import torch
 
     from encoders import ClipEncoder
+    from encoders.onnx.image import OnnxImageEncoder
 
     # The encoder, or what loads it: called only when the run has pictures to embed (or a new library to fill).
-    EncoderSource = ClipEncoder | Callable[[], ClipEncoder]
+    ImageEncoder = ClipEncoder | OnnxImageEncoder
+    EncoderSource = ImageEncoder | Callable[[int], ImageEncoder]
 
 
 class MissingRoot(LibraryError):
@@ -146,7 +148,7 @@ class IndexRun:
         self.library = library
         self.store = library.store
         self._encoder_source = encoder
-        self.encoder: ClipEncoder | None = None
+        self.encoder: ImageEncoder | None = None
         self.options = options
         self.progress = progress
         self.summary = IndexSummary()
@@ -159,16 +161,17 @@ class IndexRun:
         self.vanished: list[PictureState] = []  # rows whose file was deleted between the scan and its reading
         self.hash_kind = self.store.reads.content_hash_kind()
 
-    def _load_encoder(self) -> None:
-        """The model, on the inference path the library records (a new library records the encoder's)."""
+    def _load_encoder(self, pictures: int) -> None:
+        """The model, on the inference path the library records (a new library records the encoder's). A
+        function that loads it is told how many pictures it will embed (a few: load fast rather than run fast)."""
         source = self._encoder_source
-        self.encoder = source() if callable(source) else source
+        self.encoder = source(pictures) if callable(source) else source
         self.library.adopt_or_check_model(self.encoder.fingerprint)
         if self.library.model.inference != self.encoder.inference:
             self.store.writes.set_inference(self.encoder.inference)
         self.summary.inference = self.encoder.inference
         self.batch_size = self.options.batch_size or default_batch_size(self.encoder.device)
-        self.split = SplitPreprocess(self.encoder.preprocess)
+        self.split = self.encoder.split
 
     def run(self, roots: list[str]) -> IndexSummary:
         started, (own_cpu, workers_cpu) = time.perf_counter(), _cpu_seconds()
@@ -192,7 +195,7 @@ class IndexRun:
                 self.summary.retried += 1
             todo.append((file, state))
         if todo or not self.library.exists():
-            self._load_encoder()
+            self._load_encoder(len(todo))
         self.vectors = self.library.vector_index(writer=True)
         self.progress.start(len(todo))
         states = {file.path: state for file, state in todo}
@@ -319,7 +322,7 @@ class IndexRun:
             return
         made: dict[str, dict] = {}  # hash → vector and facts of the pictures encoded for this batch
         if batch.pixels:
-            vectors = self.encoder.encode_images(self.split.batch(batch.pixels))
+            vectors = self.encoder.encode_images(self.split.array(batch.pixels))
             self.summary.embedded += len(batch.pixels)
             for entry, position in batch.needs_vector:
                 entry["vector"] = np.ascontiguousarray(vectors[position], dtype=np.float32).tobytes()
@@ -355,7 +358,8 @@ class IndexRun:
 def index_folders(library: Library, encoder: EncoderSource, roots: Iterable[str | Path],
                   options: IndexOptions = IndexOptions(), progress: Progress | None = None) -> IndexSummary:
     """Bring the library in step with the roots: add, re-embed, move, remove, record failures. ``encoder``: the
-    encoder, or a function that loads it, called only when there are pictures to embed."""
+    encoder, or a function that loads it, called (with how many pictures are to be embedded) only when there are
+    some."""
     paths = [os.path.abspath(root) for root in roots]
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:

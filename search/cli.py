@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -98,9 +99,9 @@ WaitOption = Annotated[float, typer.Option("--wait", min=0, callback=finite, hel
                                            "`search index` on this library to finish, instead of refusing at once.")]
 InferenceOption = Annotated[str | None, typer.Option(
     "--inference", show_default=False,
-    help="The image tower's path: fp32-eager, cl, reparam, reparam-cl, bf16 (and combinations), or auto to "
-         "measure; default: $CLIPSEARCH_INFERENCE, else the library's own, else the fastest that keeps the "
-         "embeddings on this machine.")]
+    help="The image tower's path: fp32-eager, cl, reparam, reparam-cl, bf16 (and combinations), onnx (exported "
+         "beside the library, run without torch), or auto to measure; default: $CLIPSEARCH_INFERENCE, else the "
+         "library's own, else the fastest that keeps the embeddings on this machine.")]
 
 
 def _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait):
@@ -117,14 +118,22 @@ def _model_spec(model, pretrained, checkpoint):
     return ModelSpec.from_options(model, pretrained, checkpoint)
 
 
-def _load_encoder(spec, recorded: str | None, inference: str | None):
-    """The model on its inference path: forced, else the library's ``recorded`` one, else chosen for this machine."""
-    from encoders import load_encoder
-    from encoders.inference import settle
+def _load_encoder(spec, recorded: str | None, inference: str | None, lib=None, pictures: int | None = None):
+    """The image tower on its inference path: forced, else the library's ``recorded`` one, else chosen for this
+    machine. ``lib``: the library `search index` fills, where the tower may be exported to ONNX; one filled on
+    that path, with its export in place, embeds without loading torch or the model (``pictures``: how many)."""
+    from encoders.onnx.image import ONNX, OnnxImageEncoder
+    from encoders.spec import INFERENCE_ENV
 
-    encoder = load_encoder(spec)
-    encoder.use_inference(settle(encoder, recorded, inference))
-    return encoder
+    forced = inference or os.environ.get(INFERENCE_ENV) or None
+    if lib is not None and lib.exists() and recorded == ONNX and forced in (None, ONNX):
+        exported = OnnxImageEncoder.for_library(lib.folder, lib.model_fingerprint(), pictures)
+        if exported is not None:
+            return exported
+    from encoders import load_encoder
+    from encoders.inference import image_encoder
+
+    return image_encoder(load_encoder(spec), recorded, inference, lib.folder if lib is not None else None)
 
 
 @app.command()
@@ -157,8 +166,8 @@ def index(
     if missing:
         raise indexer.MissingRoot(f"root not found: {', '.join(missing)} (is it unmounted? nothing was changed)")
     recorded = lib.model.inference if lib.exists() else None
-    encoder = (lambda: _load_encoder(spec, recorded, inference)) if own_model else \
-        _load_encoder(spec, recorded, inference)
+    encoder = (lambda pictures: _load_encoder(spec, recorded, inference, lib, pictures)) if own_model else \
+        _load_encoder(spec, recorded, inference, lib)
     options = _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait)
     summary = _index_with_progress_bar(lib, encoder, paths, options)
     if json_output:

@@ -88,6 +88,7 @@ class SearchEngine:
         self.text_towers = TextTowers(self.library.folder, record.fingerprint, not self.library.read_only,
                                       lambda: self.encoder, fixed=text_encoder, one_shot=one_shot)
         self._vectors: VectorIndex | None = None
+        self._image_encoder = None
 
     @property
     def encoder(self) -> ClipEncoder:
@@ -99,6 +100,20 @@ class SearchEngine:
             check_same_model(self.record, encoder.fingerprint, self.library.folder)
             self._encoder = encoder
         return self._encoder
+
+    @property
+    def image_encoder(self):
+        """The image tower for pictures from outside the library: the one that filled it when that is its ONNX
+        export (no torch, the same vectors as the library's), else the PyTorch model's."""
+        if self._image_encoder is None:
+            from encoders.onnx.image import ONNX, OnnxImageEncoder
+
+            exported = None
+            if self._encoder is None and self.record.inference == ONNX:
+                exported = OnnxImageEncoder.for_library(self.library.folder, self.library.model_fingerprint(),
+                                                        1 if self._one_shot else None)
+            self._image_encoder = exported or self.encoder
+        return self._image_encoder
 
     @property
     def torch_loaded(self) -> bool:
@@ -133,9 +148,12 @@ class SearchEngine:
 
     def image_vector(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
         """A picture's unit vector: a file the library holds unchanged gives its stored vector (no model);
-        any other file, or a decoded picture (the page's uploads), goes through the PyTorch image tower."""
+        any other file, or a decoded picture (the page's uploads), goes through the image tower
+        (``image_encoder``)."""
         if not isinstance(image, (str, os.PathLike)):
-            return self.encoder.encode_images([image])[0]
+            from encoders.images import prepare_image
+
+            return self._embed(prepare_image(image))
         path = os.path.abspath(image)
         stored = self._stored_vector(path)
         if stored is not None:
@@ -149,10 +167,15 @@ class SearchEngine:
         except DecodeError as e:
             raise QueryError(f"cannot use {image} as a query: {e}") from e
         try:
-            picture = decode_picture(data, min(self.encoder.image_size))
+            picture = decode_picture(data, min(self.image_encoder.image_size))
         except DecodeError as e:
             raise QueryError(f"cannot use {image} as a query: {e}") from e
-        return self.encoder.encode_images(self.encoder.preprocess(picture.image)[None])[0]
+        return self._embed(picture.image)
+
+    def _embed(self, image: Image.Image) -> np.ndarray:
+        """A decoded, upright RGB picture through the image tower, prepared as the indexer prepares them."""
+        encoder = self.image_encoder
+        return encoder.encode_images(encoder.split.array([encoder.split.pil(image)]))[0]
 
     def _stored_vector(self, path: str) -> np.ndarray | None:
         """The library's own vector for a file it holds unchanged: exact, and no model needed."""

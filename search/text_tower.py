@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from encoders.text import sidecar
+from encoders.onnx import sidecar
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -64,8 +64,8 @@ class TextTowers:
         return OnnxTextEncoder.for_library(self.folder, self.fingerprint, prepack)
 
     def _export(self):
+        from encoders.onnx.runtime import onnx_available
         from encoders.text.export import ExportRefused, export_text_tower
-        from encoders.text.onnx_runtime import onnx_available
 
         if not self.writable or not onnx_available(export=True) or \
                 sidecar.export_state(self.folder, self.fingerprint) != sidecar.MISSING:

@@ -168,7 +168,7 @@ def _fine_tune(start: dict, family: Family, corpus: Path, out: Path, monkeypatch
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.model.split("/")[-1])
 def test_family_end_to_end(family, offline, shapes, tmp_path, monkeypatch):
     from encoders import ModelSpec, load_encoder
-    from encoders.text.sidecar import export_state
+    from encoders.onnx.sidecar import export_state
     from indexer import IndexOptions, Library, index_folders
     from search import SearchEngine
     from search.reindex import reindex

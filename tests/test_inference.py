@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT, TINY, draw_picture, make_pictures, run_cli
 
 from encoders import inference
-from encoders.inference import EAGER, MIN_COSINE, InferencePath
+from encoders.inference import EAGER, MIN_COSINE, ONNX, InferencePath
 
 CONFIGS = Path(__file__).parent / "model_configs"
 # Every test config but PE-Core's (timm's smallest PE-Core tower runs at 384 px only: over a minute here).
@@ -36,17 +36,22 @@ def registered():
 def own_cache(tmp_path, monkeypatch) -> Path:
     """This test's own inference cache, in this process and the CLI's."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv(inference.ENV, raising=False)
+    monkeypatch.delenv(inference.INFERENCE_ENV, raising=False)
     return tmp_path / "cache" / "clipsearch" / "inference.json"
 
 
-def _tower(name: str):
-    """The random-weight image tower of a test config, its input size, and a test library of 40 drawn pictures."""
+def _model(name: str):
     import open_clip
 
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(name)
-    visual = model.visual.eval()
+    return model.eval(), preprocess
+
+
+def _tower(name: str):
+    """The random-weight image tower of a test config, its input size, and a test library of 40 drawn pictures."""
+    model, preprocess = _model(name)
+    visual = model.visual
     size = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
     library = torch.stack([preprocess(draw_picture(seed)) for seed in range(40)])
     return visual, tuple(size), library
@@ -68,6 +73,29 @@ def test_every_path_the_choice_keeps_holds_the_bound_on_a_test_library(name):
         assert inference.same_top_k(reference, vectors), name_kept
     # The tower as built is left as built: every path works on a copy.
     np.testing.assert_array_equal(inference.embed(visual, InferencePath(), library), reference)
+
+
+@pytest.mark.parametrize("name", TOWERS)
+def test_the_onnx_export_of_every_family_holds_the_bound_on_a_test_library(name, tmp_path):
+    """Each family's image tower exports (re-parameterised where it can be) and, run by ONNX Runtime on pictures
+    prepared by the saved plan (no torch), keeps PyTorch's fp32 vectors and neighbours."""
+    from encoders import ClipEncoder, ModelFingerprint, ModelSpec
+    from encoders.onnx.image import OnnxImageEncoder, export_image_tower
+
+    model, preprocess = _model(name)
+    pictures = [draw_picture(seed) for seed in range(40)]
+    library = torch.stack([preprocess(p) for p in pictures])
+    with torch.inference_mode():
+        dim = int(model.visual(library[:1]).shape[-1])
+    encoder = ClipEncoder(model, preprocess, None, torch.device("cpu"), ModelSpec(name, "none"),
+                          ModelFingerprint(name, "random-init:seed=0", f"test:{name}", dim))
+    exported = export_image_tower(encoder, tmp_path)
+    assert exported.meta["probe_min_cosine"] >= MIN_COSINE
+    again = OnnxImageEncoder.for_library(tmp_path, encoder.fingerprint)  # as a later run finds it
+    vectors = again.encode_images(again.split.array([again.split.pil(p) for p in pictures]))
+    reference = inference.embed(model.visual, InferencePath(), library)
+    assert np.min(np.sum(reference * vectors, axis=1)) >= MIN_COSINE
+    assert inference.same_top_k(reference, vectors)
 
 
 def test_paths_offered_follow_the_tower():
@@ -113,12 +141,12 @@ def test_settle_forced_then_recorded_then_chosen(tiny_encoder, monkeypatch):
     from encoders import ModelError
 
     assert inference.settle(tiny_encoder, recorded="fp32-eager", forced=None) == EAGER
-    monkeypatch.setattr(inference, "cached_choice", lambda encoder: "chosen")
+    monkeypatch.setattr(inference, "cached_choice", lambda encoder, offer_onnx=None: "chosen")
     assert inference.settle(tiny_encoder, recorded="reparam-cl", forced=None) == "reparam-cl"  # the library's own
     assert inference.settle(tiny_encoder, recorded=None, forced=None) == "chosen"
     assert inference.settle(tiny_encoder, recorded="reparam-cl", forced="auto") == "chosen"
     assert inference.settle(tiny_encoder, recorded="reparam-cl", forced=EAGER) == EAGER
-    monkeypatch.setenv(inference.ENV, EAGER)
+    monkeypatch.setenv(inference.INFERENCE_ENV, EAGER)
     assert inference.settle(tiny_encoder, recorded="reparam-cl", forced=None) == EAGER
     with pytest.raises(ModelError, match="does not apply to clipsearch-tiny"):
         inference.settle(tiny_encoder, recorded=None, forced="reparam")
@@ -150,7 +178,7 @@ def test_forced_path_runs_is_recorded_and_kept_by_later_runs(tmp_path):
     later = json.loads(run_cli("index", str(pictures), "--library", str(folder), "--json", check=True).stdout)
     assert (later["added"], later["inference"]) == (2, "reparam-cl")  # the library's path, not a new choice
     make_pictures(pictures, 1, start=5)
-    forced = run_cli("index", str(pictures), "--library", str(folder), "--json", env={inference.ENV: "cl"},
+    forced = run_cli("index", str(pictures), "--library", str(folder), "--json", env={inference.INFERENCE_ENV: "cl"},
                      check=True)
     assert json.loads(forced.stdout)["inference"] == "cl"
     status = json.loads(run_cli("status", "--library", str(folder), "--json", check=True).stdout)
@@ -181,3 +209,74 @@ def test_an_index_run_with_nothing_to_embed_imports_no_torch(tmp_path):
     summary, imported = result.stdout.strip().splitlines()
     assert json.loads(summary)["unchanged"] == 2 and json.loads(summary)["inference"] is None
     assert imported == "[]"
+
+
+def test_onnx_is_chosen_when_it_keeps_the_embeddings_and_comes_within_the_margin():
+    ok, off = inference.Agreement(1.0, True), inference.Agreement(1.0, False)
+    trials = [inference.Trial(EAGER, 10.0, ok), inference.Trial("cl", 20.0, ok)]
+    assert inference.choose([*trials, inference.Trial(ONNX, 19.5, ok)]) == ONNX  # as fast: no torch at start-up
+    assert inference.choose([*trials, inference.Trial(ONNX, 15.0, ok)]) == "cl"  # clearly slower
+    assert inference.choose([*trials, inference.Trial(ONNX, 50.0, off)]) == "cl"  # other neighbours
+    assert inference.choose([*trials, inference.Trial(ONNX, 50.0, ok)], onnx=False) == "cl"  # no export here
+
+
+def test_onnx_is_measured_once_with_the_others_and_offered_only_when_it_may_win(tiny_encoder, own_cache,
+                                                                                monkeypatch):
+    assert inference.cached_choice(tiny_encoder) == EAGER  # no library to export into: PyTorch paths only
+    offers = []
+
+    def offer():
+        offers.append(1)
+        return None  # this library cannot have an export (refused, or no onnxruntime)
+
+    assert inference.cached_choice(tiny_encoder, offer) == EAGER and len(offers) == 1
+    measured = []
+    real_measure = inference.measure
+    monkeypatch.setattr(inference, "measure", lambda *args: measured.append(args[-1]) or real_measure(*args))
+
+    class Exported:  # what OnnxImageEncoder gives, twice as fast as any tower (a perfect export)
+        def encode_images(self, pixels):
+            return inference.embed(tiny_encoder.model.visual, InferencePath(), torch.from_numpy(pixels))
+
+    assert inference.cached_choice(tiny_encoder, Exported) in (ONNX, EAGER) and len(measured) == 1
+    entry = json.loads(own_cache.read_text())[inference.machine_key(tiny_encoder.fingerprint.id)]
+    assert ONNX in entry["images_per_second"] and ONNX in entry["kept"]
+    # Measured with ONNX now: later runs read the cache, and export only where the cache chose ONNX.
+    offers.clear()
+    chosen = inference.cached_choice(tiny_encoder, offer)
+    assert len(measured) == 1 and len(offers) == (1 if entry["path"] == ONNX else 0)
+    assert chosen == (entry["path"] if entry["path"] != ONNX else EAGER)  # ONNX chosen but not available here
+
+
+def test_a_library_on_onnx_embeds_new_pictures_without_torch_and_as_pytorch_does(tmp_path, tiny_encoder):
+    folder, pictures = tmp_path / "lib", tmp_path / "pictures"
+    make_pictures(pictures, 3)
+    first = run_cli("index", str(pictures), "--library", str(folder), *TINY, "--inference", ONNX, "--json",
+                    check=True)
+    assert json.loads(first.stdout)["inference"] == ONNX
+    assert sorted(p.suffix for p in folder.glob("image.*")) == [".json", ".onnx", ".weights"]
+    make_pictures(pictures, 2, start=3)
+    script = ("import sys\nfrom search.cli import main\nsys.argv = ['search', 'index', sys.argv[1], '--library', "
+              "sys.argv[2], '--json']\ntry:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+              "print(sorted(m for m in ('torch', 'open_clip', 'timm') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", script, str(pictures), str(folder)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary, imported = result.stdout.strip().splitlines()
+    assert (json.loads(summary)["added"], json.loads(summary)["inference"], imported) == (2, ONNX, "[]")
+    # Each picture's vector, embedded in ONNX Runtime, against PyTorch's fp32 one for the same file.
+    for name in sorted(p.name for p in pictures.iterdir()):
+        found = json.loads(run_cli("query", "--image", str(pictures / name), "--library", str(folder), "--json",
+                                   check=True).stdout)
+        top = found["results"][0]
+        assert Path(top["path"]).name == name and top["score"] >= MIN_COSINE, (name, top)
+
+
+def test_onnx_where_it_cannot_be_had_is_one_clear_line(tmp_path):
+    pictures = tmp_path / "pictures"
+    make_pictures(pictures, 1)
+    run_cli("index", str(pictures), "--library", str(tmp_path / "lib"), *TINY, check=True)
+    result = run_cli("reindex", *TINY, "--library", str(tmp_path / "lib"),
+                     "--inference", ONNX)
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning: RANDOM WEIGHTS")]
+    assert result.returncode == 2 and len(errors) == 1 and "only `search index` takes it" in errors[0], result.stderr

@@ -351,7 +351,7 @@ def test_the_two_text_towers_answer_every_kind_of_query_alike(tiny_library, ense
 
 
 def test_an_export_of_another_version_or_model_is_not_used(tiny_library, tmp_path):
-    from encoders.text import sidecar
+    from encoders.onnx import sidecar
 
     _, lib, engine = tiny_library
     fingerprint = lib.model.fingerprint
