@@ -180,13 +180,18 @@ def test_fast_jpeg_decoding_gives_pillows_pixels(tmp_path, monkeypatch):
         "grey.jpg": (big.convert("L"), {"quality": 90}),
         "rotated.jpg": (big, {"quality": 90, "exif": exif.tobytes()}),
         "small.jpg": (draw_picture(3, (150, 100)), {"quality": 90}),
+        # A phone's file with a second picture too small to stand in for it (a depth map, say): Pillow calls it MPO.
+        "multi_picture.jpg": (big, {"quality": 90, "format": "MPO", "save_all": True,
+                                    "append_images": [draw_picture(4, (160, 120))]}),
         "cmyk.jpg": (big.convert("CMYK"), {"quality": 90}),
     }
     for name, (image, options) in cases.items():
         data_path = tmp_path / name
         image.save(data_path, **options)
         data = data_path.read_bytes()
-        took_fast_path = decode._simplejpeg_scaled(data, Image.open(data_path), 224) is not None
+        opened = Image.open(data_path)
+        assert opened.format == ("MPO" if name == "multi_picture.jpg" else "JPEG"), name
+        took_fast_path = decode._simplejpeg_scaled(data, opened, 224) is not None
         assert took_fast_path == (name != "cmyk.jpg"), name
         fast = decode.decode_picture(data, 224)
         with monkeypatch.context() as m:
