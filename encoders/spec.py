@@ -7,8 +7,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+# The best published retrieval per CPU-second among the candidates that are not worse than CLIP ViT-B-32 (laion2b) on
+# ImageNet nor COCO and whose weights' licence allows searching one's own photos (BENCHMARKS.md, "The default
+# model"; README "Models"). Libraries keep the model they were filled with.
+DEFAULT_MODEL = "ViT-B-32-SigLIP2-256"
+DEFAULT_PRETRAINED = "webli"
 TINY_MODEL = "clipsearch-tiny"
 NO_WEIGHTS = "none"
 HUB_PREFIX = "hf-hub:"
@@ -27,7 +30,7 @@ class ModelError(Exception):
 class ModelSpec:
     """An open_clip architecture plus exactly one source of weights.
 
-    ``pretrained`` is an open_clip tag (``laion2b_s34b_b79k``), a Hugging Face hub id
+    ``pretrained`` is an open_clip tag (``webli``, ``laion2b_s34b_b79k``), a Hugging Face hub id
     (``hf-hub:org/repo``) or ``none`` for random weights; ``checkpoint`` is a local file
     (``.safetensors``/``.pt``, needs ``model``) or a folder in open_clip's hub format, which
     carries its own architecture. A hub repo carries its own architecture too: ``model`` is then

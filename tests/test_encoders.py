@@ -90,11 +90,18 @@ def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path, tiny_encod
         load_encoder(ModelSpec.from_options("clipsearch-tiny", None, str(evil)))
 
 
-def test_offline_default_model_fails_fast_with_the_alternatives(tmp_path, monkeypatch):
+def test_offline_models_fail_fast_with_the_alternatives(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr(encoders.loader, "_hub_reachable", lambda timeout=3.0: False)
+    # The default (SigLIP 2) needs its tokenizer from the hub before any weights: random weights would not help.
     with pytest.raises(ModelError) as error:
         load_encoder(ModelSpec.from_options(None, None, None))
+    message = str(error.value)
+    assert message.startswith("cannot get the tokenizer timm/ViT-B-32-SigLIP2-256") and "\n" not in message
+    assert "--checkpoint" in message and "--pretrained none" not in message and message.endswith(".")
+    # A CLIP model's tokenizer ships with open_clip: its weights are what is missing.
+    with pytest.raises(ModelError) as error:
+        load_encoder(ModelSpec.from_options("ViT-B-32", "laion2b_s34b_b79k", None))
     message = str(error.value)
     assert "--checkpoint" in message and "--pretrained none" in message and "\n" not in message
     # The underlying reason is kept whole (it was cut mid-word at 160 characters): every sentence ends.

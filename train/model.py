@@ -67,7 +67,8 @@ class Built:
 
 
 def default_model(model: str | None, pretrained: str | None, checkpoint: str | None) -> tuple[str | None, str | None]:
-    """The same defaults as indexing: ViT-B-32 with its tag when nothing is named, the tiny one from scratch."""
+    """The same defaults as indexing: the default model with its tag when nothing is named, the tiny one from
+    scratch."""
     from encoders import ModelError, ModelSpec
 
     if checkpoint:
