@@ -90,8 +90,9 @@ def measure_model(name: str, batch: int, runs: int) -> dict:
         vectors = inference.embed(tower, path, probes)
         reference = vectors if reference is None else reference
         seconds, cpu = _best_seconds(partial(inference.embed, tower, path, probes), runs)
-        trials.append(inference.Trial(path.name, batch / seconds, inference.agreement(reference, vectors)))
         cpu_ms[path.name] = 1000 * cpu / batch
+        trials.append(inference.Trial(path.name, batch / seconds, inference.agreement(reference, vectors),
+                                      cpu_ms[path.name]))
         del tower
     offered = {p.name for p in inference.candidates(visual)}  # what this CPU would choose among
     chosen = inference.choose([t for t in trials if t.path in offered])

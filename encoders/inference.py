@@ -15,8 +15,9 @@ A path is a combination of steps on the image tower, each only where the tower c
 
 ``fp32-eager`` is the tower as built. A path is chosen by measurement, once per model and machine (cached in
 $XDG_CACHE_HOME/clipsearch/inference.json), among the candidates whose embeddings of a fixed probe set keep
-cosine >= 0.999 to fp32-eager's and the same top-10 neighbours. A library records the path that filled it and
-keeps it (a resumed run must end like an uninterrupted one), unless the user forces another one.
+cosine >= 0.999 to fp32-eager's and the same top-10 neighbours, by CPU time per picture (a shared machine's wall
+time of one batch says more about the other processes than about the path). A library records the path that filled
+it and keeps it (a resumed run must end like an uninterrupted one), unless the user forces another one.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ PROBE_SEED = 1234
 # an equal-speed path buys nothing.
 MIN_GAIN = 1.05
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: CPU per picture decides (it was wall time)
 
 
 @dataclass(frozen=True)
@@ -200,12 +201,21 @@ class Trial:
     path: str
     images_per_second: float
     agreement: Agreement
+    # The process's CPU time: what decides throughput when decode workers share the cores.
+    cpu_ms_per_image: float | None = None
+
+    @property
+    def cost(self) -> float:
+        """What the choice minimises: CPU per picture where measured (steady on a shared machine, where wall time
+        of one batch is not), else wall time."""
+        return self.cpu_ms_per_image if self.cpu_ms_per_image is not None else 1000 / self.images_per_second
 
 
-def _timed(tower: torch.nn.Module, path: InferencePath, batch: torch.Tensor) -> tuple[np.ndarray, float]:
-    began = time.perf_counter()
-    vectors = embed(tower, path, batch)
-    return vectors, time.perf_counter() - began
+def _timed(run, batch) -> tuple[np.ndarray, float, float]:
+    """``run(batch)``'s vectors, wall seconds and the process's CPU seconds (every thread's)."""
+    began, cpu = time.perf_counter(), time.process_time()
+    vectors = run(batch)
+    return vectors, time.perf_counter() - began, time.process_time() - cpu
 
 
 def measure(visual: torch.nn.Module, image_size: tuple[int, int], paths: list[InferencePath],
@@ -215,38 +225,37 @@ def measure(visual: torch.nn.Module, image_size: tuple[int, int], paths: list[In
     fp32-eager is timed once more at the end, best of both: the first tower measured in a process also pays the
     process's own warm-up."""
     probes = probe_batch(image_size)
+    timed = len(probes) - PROBE_BATCH
     eager = InferencePath()
+    # Each tower is prepared when it is measured and dropped after: one copy of it at a time.
+    runs = [(path.name, lambda path=path: functools.partial(embed, path.tower(visual), path))
+            for path in [eager, *[p for p in paths if p != eager]]]
+    if onnx is not None:
+        runs.append((ONNX, lambda: lambda batch: onnx.encode_images(batch.numpy())))
     reference, trials = None, []
-    for path in [eager, *[p for p in paths if p != eager]]:
-        tower = path.tower(visual)
-        first = embed(tower, path, probes[:PROBE_BATCH])
-        rest, seconds = _timed(tower, path, probes[PROBE_BATCH:])
+    for name, prepare in runs:
+        run = prepare()
+        first = run(probes[:PROBE_BATCH])
+        rest, seconds, cpu = _timed(run, probes[PROBE_BATCH:])
         vectors = np.concatenate([first, rest])
         reference = vectors if reference is None else reference
-        trials.append(Trial(path.name, (len(probes) - PROBE_BATCH) / seconds, agreement(reference, vectors)))
-        del tower
-    if onnx is not None:
-        pixels = probes.numpy()
-        first = onnx.encode_images(pixels[:PROBE_BATCH])
-        began = time.perf_counter()
-        rest = onnx.encode_images(pixels[PROBE_BATCH:])
-        seconds = time.perf_counter() - began
-        trials.append(Trial(ONNX, (len(probes) - PROBE_BATCH) / seconds,
-                            agreement(reference, np.concatenate([first, rest]))))
-    again = (len(probes) - PROBE_BATCH) / _timed(visual, eager, probes[PROBE_BATCH:])[1]
-    trials[0] = Trial(eager.name, max(trials[0].images_per_second, again), trials[0].agreement)
+        trials.append(Trial(name, timed / seconds, agreement(reference, vectors), 1000 * cpu / timed))
+        del run
+    _, seconds, cpu = _timed(functools.partial(embed, visual, eager), probes[PROBE_BATCH:])
+    first = trials[0]
+    trials[0] = Trial(first.path, max(first.images_per_second, timed / seconds), first.agreement,
+                      min(first.cpu_ms_per_image, 1000 * cpu / timed))
     return trials
 
 
 def choose(trials: list[Trial], onnx: bool = True) -> str:
-    """The fastest PyTorch path that keeps the embeddings, when it beats fp32-eager by MIN_GAIN; ONNX (where
-    ``onnx`` is offered) when it keeps them and comes within MIN_GAIN of that path's speed."""
+    """The cheapest PyTorch path that keeps the embeddings, when it beats fp32-eager by MIN_GAIN; ONNX (where
+    ``onnx`` is offered) when it keeps them and comes within MIN_GAIN of that path's cost."""
     eager = trials[0]
-    kept = [t for t in trials[1:] if t.agreement.ok and t.path != ONNX
-            and t.images_per_second >= MIN_GAIN * eager.images_per_second]
-    best = max(kept, key=lambda t: t.images_per_second) if kept else eager
+    kept = [t for t in trials[1:] if t.agreement.ok and t.path != ONNX and t.cost * MIN_GAIN <= eager.cost]
+    best = min(kept, key=lambda t: t.cost) if kept else eager
     exported = [t for t in trials if t.path == ONNX and t.agreement.ok]
-    if onnx and exported and exported[0].images_per_second * MIN_GAIN >= best.images_per_second:
+    if onnx and exported and exported[0].cost <= best.cost * MIN_GAIN:
         return ONNX
     return best.path
 
@@ -275,12 +284,13 @@ def _cached_trials(entry) -> list[Trial] | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("images_per_second"), dict):
         return None
     speeds, kept = entry["images_per_second"], set(entry.get("kept", ()))
+    cpu = entry.get("cpu_ms_per_image") if isinstance(entry.get("cpu_ms_per_image"), dict) else {}
     kept.add(EAGER)
     if EAGER not in speeds or not set(speeds) <= {p.name for p in ALL_PATHS} | {ONNX}:
         return None
     ordered = [EAGER, *[name for name in speeds if name != EAGER]]
-    return [Trial(name, float(speeds[name]), Agreement(1.0 if name in kept else 0.0, name in kept))
-            for name in ordered]
+    return [Trial(name, float(speeds[name]), Agreement(1.0 if name in kept else 0.0, name in kept),
+                  float(cpu[name]) if name in cpu else None) for name in ordered]
 
 
 def cached_choice(encoder, offer_onnx=None) -> str:
@@ -307,6 +317,8 @@ def _write_cache(path: Path, key: str, encoder, trials: list[Trial]) -> None:
     entries[key] = {"path": choose(trials), "architecture": encoder.fingerprint.architecture, "cpu": cpu_model(),
                     "torch": torch.__version__, "images_per_second": {t.path: round(t.images_per_second, 2)
                                                                       for t in trials},
+                    "cpu_ms_per_image": {t.path: round(t.cpu_ms_per_image, 2) for t in trials
+                                         if t.cpu_ms_per_image is not None},
                     "kept": [t.path for t in trials if t.agreement.ok]}
     try:
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(entries, indent=1, sort_keys=True)))
