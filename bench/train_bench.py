@@ -2,6 +2,7 @@
 
     python bench/train_bench.py                       # 8 epochs, batch 128, then ours again in their time
     python bench/train_bench.py --quick               # 1 epoch smoke run
+    python bench/train_bench.py --precision fp32      # fp32 on both sides (default: ours takes its own choice)
     python bench/train_bench.py --precision bf16      # bf16 autocast on both sides
 
 Both trainers train ``clipsearch-tiny`` on emoji-google (``--data``), one after the other (never at
@@ -47,7 +48,7 @@ MODEL = "clipsearch-tiny"
 OPENCLIP_LAUNCHER = ("import sys, encoders.loader; from open_clip_train.main import main; "
                      "sys.exit(main(sys.argv[1:]) or 0)")
 SEARCH_LAUNCHER = "import sys; sys.argv[0] = 'search'; from search.cli import main; sys.exit(main())"
-OPENCLIP_PRECISION = {"fp32": "fp32", "bf16": "amp_bf16"}
+OPENCLIP_PRECISION = {"default": "fp32", "fp32": "fp32", "bf16": "amp_bf16"}
 TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+) \((\d+)%\)\] Data \(t\): ([\d.]+) "
                         r"Batch \(t\): ([\d.]+), ([\d.e+-]+)/s")
 NOTE_ALPHA = ("open_clip_train's transforms convert RGBA with convert('RGB') (transparent pixels -> black) "
@@ -66,8 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="data-loader workers for both trainers (default: ours chooses its own, 0 when the corpus "
                         "is decoded into memory; open_clip_train gets one per CPU core)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="fp32 on both, or bf16 autocast on both (open_clip_train: amp_bf16)")
+    p.add_argument("--precision", choices=list(OPENCLIP_PRECISION), default="default",
+                   help="default: each trainer's own (ours: measured per machine, train/fastpath.py; "
+                        "open_clip_train: fp32); fp32 on both; or bf16 autocast on both (open_clip_train: amp_bf16)")
     p.add_argument("--openclip-warmup", type=float, default=0.1,
                    help="open_clip_train --warmup: a fraction (<1) of its total steps or a step count "
                         "(its default, 10000 steps, would never finish warming up on this corpus)")
@@ -241,7 +243,7 @@ def run_ours(args, out: Path, time_budget: float | None = None) -> dict:
     length = ["--time-budget", str(time_budget)] if time_budget else ["--epochs", str(args.epochs)]
     cmd = [sys.executable, "-m", "train", "--data", str(args.data), "--model", args.model, *length,
            "--batch-size", str(args.batch_size), "--output", str(out), "--seed", str(args.seed),
-           "--precision", args.precision, "--no-progress"]
+           "--no-progress", *([] if args.precision == "default" else ["--precision", args.precision])]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
     proc = run(cmd, out.parent / f"{out.name}.log", out.name)
@@ -251,7 +253,9 @@ def run_ours(args, out: Path, time_budget: float | None = None) -> dict:
         print(f"[ours] no per-step timings found in {metrics}: steady-state samples/s unavailable")
         result = {"samples_per_s": None, "samples_trained": None}
     result.update(proc)
-    result.update(model=str(out / "model"), precision=args.precision, workers=args.workers, **per_second(result))
+    config = json.loads((out / "config.json").read_text())
+    result.update(model=str(out / "model"), precision=config["cpu_path"] or config["precision"], workers=args.workers,
+                  **per_second(result))
     return result
 
 
@@ -344,6 +348,7 @@ TIMING_ROWS = (  # label, key, format, ratio shown
     ("process wall seconds", "wall_seconds", ".1f", False),
     ("1-min load average before / after", "load", "", False),
     ("samples trained", "samples_trained", "d", False),
+    ("precision (ours: its CPU step path)", "precision", "", False),
 )
 
 

@@ -43,8 +43,9 @@ def train_command(
     lr: float | None = typer.Option(None, "--lr", help="Default 1e-3 from scratch, 1e-5 from weights."),
     wd: float = typer.Option(0.1, "--wd"),
     warmup: float = typer.Option(0.1, "--warmup", help="Fraction of all steps (< 1) or a number of steps."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32|bf16|fp16 (default: fp32 on CPU, "
-                                            "bf16 or fp16 on GPU)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32|bf16|fp16 (default on a CPU: "
+                                            "bf16 where it is native and measured faster, else fp32; on a GPU bf16 "
+                                            "or fp16)."),
     accum_steps: int = typer.Option(1, "--accum-steps", help="Micro-batches per optimizer step."),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Max gradient norm (0: off)."),
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing"),

@@ -28,7 +28,7 @@ class TrainConfig:
     lr: float | None = None        # None: 1e-3 from scratch, 1e-5 when starting from weights
     wd: float = 0.1
     warmup: float = 0.1            # fraction of total optimizer steps (a number ≥ 1 means steps)
-    precision: str | None = None   # None: fp32 on CPU, bf16 on CUDA with bf16, else fp16
+    precision: str | None = None   # None: CPU as measured (train/fastpath.py); bf16 on CUDA with it, else fp16
     accum_steps: int = 1
     grad_clip: float | None = 1.0
     grad_checkpointing: bool = False

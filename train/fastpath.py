@@ -1,8 +1,13 @@
 """The fastest correct way to run a training step on this machine, chosen as measured.
 
-- bf16 autocast on a CPU only where the CPU computes bf16 natively (AVX512-BF16 or AMX) and the image tower
-  is convolutional: emulated bf16 is slower than fp32, and even native bf16 does not speed up a ViT, while
-  convolutional towers gain (BENCHMARKS.md, "Figures behind choices in the code", training).
+- On a CPU, the step's precision and attention kernel are measured, once per model and machine, on a few real
+  forward and backward passes of the run's own model (a copy of it), and cached beside the indexer's choices
+  ($XDG_CACHE_HOME/clipsearch/training.json, keyed as ``encoders.inference`` keys its own). Candidates: fp32,
+  and, only where the CPU computes bf16 natively (AVX512-BF16 or AMX; elsewhere it is emulated and slower), bf16
+  autocast with PyTorch's fused attention kernel or with its plain ("math") one: on a Zen 4 the fused kernel's
+  bf16 backward is 6x slower than fp32's on clipsearch-tiny's short sequences, while on ViT-B-32 it is the faster
+  of the two (BENCHMARKS.md, "Figures behind choices in the code", training). bf16 is taken when it beats fp32
+  by ``MIN_GAIN``. The loss is computed in fp32 under any of them (``train.loss.contrastive_loss``).
 - Channels-last memory for convolutional towers (their convolutions' fast layout on CPUs and GPUs); a ViT's
   one convolution, the patch embedding, gains nothing from it.
 - Re-parameterisation (MobileOne/FastViT branches folded into one convolution) is an inference-only rewrite:
@@ -11,9 +16,120 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
-from encoders.inference import native_bf16
+from encoders.files import atomic_write
+from encoders.inference import MIN_GAIN, _read_cache, cache_file, machine_key, native_bf16, probe_batch
+
+from .data import trim_tokens
+from .loss import make_loss
+from .step import accumulate_gradients
+
+PROBE_BATCH = 32  # pictures per measured step: a ViT-B-32 step of 128 takes a minute on 2 cores; the order holds
+PROBE_CAPTION = "a photo of a smiling yellow face with open hands"  # an emoji caption's length, as trimmed
+ROUNDS = 3  # timed steps per path, taking turns after one untimed step each; the best counts (a busy machine)
+
+
+@dataclass(frozen=True)
+class StepPath:
+    bf16: bool = False
+    math_attention: bool = False  # PyTorch's plain attention instead of its fused CPU kernel (under bf16 only)
+
+    @property
+    def name(self) -> str:
+        return ("bf16-math-attention" if self.math_attention else "bf16") if self.bf16 else "fp32"
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    def context(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if self.bf16:
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        if self.math_attention:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        return stack
+
+
+FP32 = StepPath()
+BF16_PATHS = (StepPath(bf16=True), StepPath(bf16=True, math_attention=True))
+PATHS = {p.name: p for p in (FP32, *BF16_PATHS)}
+
+
+def choose(seconds: dict[str, float], native: bool, precision: str | None = None) -> StepPath:
+    """The path to train with, from each path's measured seconds a step. ``precision`` forced "bf16": the faster
+    bf16 path; not forced: the fastest path, bf16 ones only where ``native`` and ``MIN_GAIN`` faster than fp32."""
+    if precision == "bf16":
+        return min(BF16_PATHS, key=lambda p: seconds[p.name])
+    faster = [p for p in BF16_PATHS if native and seconds[p.name] * MIN_GAIN <= seconds[FP32.name]]
+    return min(faster, key=lambda p: seconds[p.name]) if faster else FP32
+
+
+def measure(towers: torch.nn.Module, loss_kind: str, images: torch.Tensor, texts: torch.Tensor) -> dict[str, float]:
+    """Seconds of one forward and backward step of each path, on a copy of the towers: the run's weights,
+    gradients, batch-norm statistics and random state stay as they were."""
+    towers = copy.deepcopy(towers).train()
+    loss_fn = make_loss(loss_kind)  # this process alone: no gathering from other ranks
+
+    def step(path: StepPath) -> float:
+        began = time.perf_counter()
+        accumulate_gradients(towers, loss_fn, [(images, texts)], path.context)
+        towers.zero_grad(set_to_none=True)
+        return time.perf_counter() - began
+
+    with torch.random.fork_rng(devices=[]):
+        for path in PATHS.values():  # each kernel's first run
+            step(path)
+        timed = [{name: step(path) for name, path in PATHS.items()} for _ in range(ROUNDS)]
+    return {name: min(t[name] for t in timed) for name in PATHS}
+
+
+def probe_inputs(built, towers, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indexer's fixed picture-like probes at the model's input size, and one caption for every picture, laid
+    out as the run lays out its batches."""
+    n = min(batch_size, PROBE_BATCH)
+    images, texts = probe_batch(built.image_size, n), built.tokenizer([PROBE_CAPTION] * n)
+    if wants_channels_last(built.model):
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, trim_tokens(texts) if towers.trims_text else texts
+
+
+def training_cache() -> Path:
+    return cache_file().with_name("training.json")
+
+
+def step_identity(built, towers: torch.nn.Module, batch_size: int, grad_checkpointing: bool) -> str:
+    """What decides a step's speed besides the machine: the architecture, the batch, what trains."""
+    trained = sum(p.numel() for p in towers.parameters() if p.requires_grad)
+    return json.dumps(["train", built.architecture, min(batch_size, PROBE_BATCH), trained, grad_checkpointing])
+
+
+def cpu_path(built, towers: torch.nn.Module, cfg, precision: str | None = None) -> StepPath:
+    """The path a CPU run takes: fp32 when asked for; otherwise as measured here (cached per model and machine)."""
+    if precision == "fp32" or (precision is None and not native_bf16()):
+        return FP32
+    file, key = training_cache(), machine_key(step_identity(built, towers, cfg.batch_size, cfg.grad_checkpointing))
+    seconds = _read_cache(file).get(key, {}).get("seconds")
+    if not (isinstance(seconds, dict) and set(PATHS) <= set(seconds)):
+        seconds = measure(towers, cfg.loss, *probe_inputs(built, towers, cfg.batch_size))
+        entries = _read_cache(file)  # again: another process may have added its own since
+        entries[key] = {"architecture": built.architecture, "batch": min(cfg.batch_size, PROBE_BATCH),
+                        "seconds": {name: round(s, 4) for name, s in seconds.items()}}
+        try:
+            atomic_write(file, lambda tmp: Path(tmp).write_text(json.dumps(entries, indent=1, sort_keys=True)))
+        except OSError:  # a read-only home: the choice still holds for this run
+            pass
+    return choose(seconds, native_bf16(), precision)
 
 
 def transformer_image_tower(model: torch.nn.Module) -> bool:
@@ -23,10 +139,6 @@ def transformer_image_tower(model: torch.nn.Module) -> bool:
     visual = getattr(model, "visual", None)
     trunk = type(getattr(visual, "trunk", None)).__name__  # timm towers
     return isinstance(visual, VisionTransformer) or "VisionTransformer" in trunk or trunk.startswith("Eva")
-
-
-def cpu_precision(model: torch.nn.Module) -> str:
-    return "bf16" if native_bf16() and not transformer_image_tower(model) else "fp32"
 
 
 def wants_channels_last(model: torch.nn.Module) -> bool:

@@ -34,7 +34,7 @@ from .distributed import (
 )
 from .errors import TrainConfigError
 from .eval import evaluate, flatten
-from .fastpath import cpu_precision, to_channels_last, wants_channels_last
+from .fastpath import PATHS, StepPath, cpu_path, to_channels_last, wants_channels_last
 from .images import ModelPictures, TrainPictures
 from .loss import make_loss
 from .metrics import MetricsLog, plot_curves
@@ -47,14 +47,15 @@ LR_SCRATCH, LR_FINETUNE = 1e-3, 1e-5
 UNPLANNED = 10 ** 9  # the schedule's length until a time budget plans it
 
 
-def resolve_precision(precision: str | None, device: torch.device, model: torch.nn.Module) -> str:
+def resolve_precision(precision: str | None, device: torch.device) -> str | None:
+    """The precision asked for, or a GPU's; None on a CPU left to choose (``fastpath.cpu_path`` measures)."""
     if precision:
         if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise TrainConfigError("--precision bf16: this GPU has no bfloat16; use fp16")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return cpu_precision(model)
+    return None
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -163,7 +164,6 @@ class Run:
         built = self.built = build_model(cfg, d.device)
         self.model = built.model
         self.model.output_dict = True
-        self.precision = resolve_precision(cfg.precision, d.device, self.model)
         self.channels_last = wants_channels_last(self.model)
         if self.channels_last:
             to_channels_last(self.model)
@@ -171,6 +171,7 @@ class Run:
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.towers = TrainingTowers(self.model)
+        self.precision, self.cpu_path = self.choose_precision()
         self.data = self.make_data(records)
         self.val_split = self.make_val_split(val_records)
         self.validates = bool(val_records)
@@ -191,6 +192,19 @@ class Run:
         self.ddp_model = self.wrap()
         self.write_config()
         self.log = MetricsLog(self.output, enabled=d.is_main)
+
+    def choose_precision(self) -> tuple[str, StepPath | None]:
+        """(precision, the CPU's step path): as asked for, or a GPU's default; on a CPU, as measured for this model
+        here (a resumed run keeps the path it was trained with, to end as an uninterrupted one)."""
+        cfg, d = self.cfg, self.d
+        precision = resolve_precision(cfg.precision, d.device)
+        if d.device.type != "cpu" or precision == "fp16":
+            return precision, None
+        recorded = self.resume_state.get("cpu_path") if self.resume_state is not None and not precision else None
+        name = recorded or run_on_main(d, lambda: cpu_path(self.built, self.towers, cfg, precision).name)
+        if precision is None:
+            self.say(f"step path on this CPU: {name} (measured; --precision to force one)")
+        return PATHS[name].precision, PATHS[name]
 
     def read_corpora(self):
         """(training records, or None when tar shards stream; validation records)."""
@@ -292,7 +306,7 @@ class Run:
         total = self.data.steps_per_epoch * cfg.epochs if cfg.epochs else UNPLANNED
         self.scheduler = WarmupCosine(self.optimizer, cfg.lr, warmup_steps(cfg.warmup, total), total)
         self.scaler = torch.amp.GradScaler(d.device.type) if self.precision == "fp16" else None
-        self.autocast = autocast_for(self.precision, d.device)
+        self.autocast = self.cpu_path.context if self.cpu_path else autocast_for(self.precision, d.device)
         self.loss_fn = make_loss(cfg.loss, d.rank, d.world_size, cfg.label_smoothing)
 
     def wrap(self):
@@ -312,8 +326,9 @@ class Run:
     def write_config(self) -> None:
         if self.d.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
-            config = json.dumps({**asdict(self.cfg), "precision": self.precision, "world_size": self.d.world_size},
-                                indent=2)
+            config = json.dumps({**asdict(self.cfg), "precision": self.precision,
+                                 "cpu_path": self.cpu_path.name if self.cpu_path else None,
+                                 "world_size": self.d.world_size}, indent=2)
             atomic_write(self.output / "config.json", lambda tmp: Path(tmp).write_text(config))
 
     # ---------------------------------------------------------------- the loop
@@ -410,7 +425,8 @@ class Run:
             payload = {"state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                        "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                        "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": epoch,
-                       "step_in_epoch": in_epoch, "ranks": ranks, "world_size": self.d.world_size,
+                       "step_in_epoch": in_epoch, "ranks": ranks,
+                       "cpu_path": self.cpu_path.name if self.cpu_path else None, "world_size": self.d.world_size,
                        "config": json.loads(json.dumps(asdict(self.cfg))), "architecture": self.built.architecture}
             save_checkpoint(self.output, kind, self.step, payload)
 
