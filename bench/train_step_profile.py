@@ -1,7 +1,7 @@
 """Where one training step's time goes, and which CPU path is fastest, measured in one process run.
 
     python bench/train_step_profile.py                     # clipsearch-tiny, emoji-google, batch 128
-    python bench/train_step_profile.py --steps 30 --variants fp32 bf16 compile
+    python bench/train_step_profile.py --steps 30 --variants fp32 bf16 bf16-math-attention compile
 
 The trainer's own set-up builds everything (``train.loop.Run.setup``: the corpus decoded into memory,
 the model, the optimizer, the loader); then each variant runs ``--warmup`` untimed steps and ``--steps``
@@ -9,8 +9,10 @@ timed ones, each phase timed apart: the next batch from the loader, the image to
 loss, backward, and gradient clipping + the optimizer step. Variants (all on the same data and weights,
 interleaved round by round so a change in the machine's load hits them alike):
 
-- ``fp32``: what the trainer runs by default on a CPU;
+- ``fp32``: what the trainer runs on a CPU without native bf16, or where bf16 measured no faster;
 - ``bf16``: bf16 autocast (fast only where the CPU has AVX512-BF16 or AMX);
+- ``bf16-math-attention``: bf16 autocast with PyTorch's plain attention instead of its fused CPU kernel
+  (the trainer's CPU paths are these three, ``train/fastpath.py``);
 - ``compile``: ``torch.compile`` of the training forward (its compile time printed apart).
 
 ``--crop-scale 1`` profiles the path without a random crop (pictures kept as the indexer prepares them).
@@ -36,7 +38,8 @@ sys.path.insert(0, str(REPO))
 from bench.machine import cpu_summary  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.distributed import Dist  # noqa: E402
-from train.loop import Run, autocast_for, mark_text_length_dynamic  # noqa: E402
+from train.fastpath import PATHS  # noqa: E402
+from train.loop import Run, mark_text_length_dynamic  # noqa: E402
 from train.loss import contrastive_loss  # noqa: E402
 from train.step import clamp_logit_scale  # noqa: E402
 
@@ -54,15 +57,15 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     p.add_argument("--rounds", type=int, default=2, help="the variants take turns this many times")
-    p.add_argument("--variants", nargs="+", default=["fp32", "bf16", "compile"],
-                   choices=["fp32", "bf16", "compile"])
+    p.add_argument("--variants", nargs="+", default=[*PATHS, "compile"], choices=[*PATHS, "compile"])
     return p.parse_args(argv)
 
 
 def setup(args, out: Path) -> Run:
     knobs = {} if args.crop_scale is None else {"crop_scale": args.crop_scale}
     cfg = TrainConfig(data=[args.data], output=str(out), model=args.model, pretrained="none",
-                      batch_size=args.batch_size, epochs=100, progress=False, **knobs)
+                      batch_size=args.batch_size, epochs=100, progress=False,
+                      precision="fp32", **knobs)  # the variants bring their own; the run's needs no measuring
     cfg.validate()
     run = Run(cfg, Dist(), time.monotonic())
     run.setup()
@@ -74,7 +77,7 @@ class Variant:
 
     def __init__(self, name: str, run: Run):
         self.name, self.run = name, run
-        self.autocast = autocast_for("bf16", torch.device("cpu")) if name == "bf16" else contextlib.nullcontext
+        self.autocast = PATHS[name].context if name in PATHS else contextlib.nullcontext
         self.towers = run.towers
         self.compile_seconds = None
         self.times = {phase: [] for phase in PHASES}

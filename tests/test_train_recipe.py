@@ -1,6 +1,6 @@
 """The recipe's knobs and the CPU path: label smoothing is open_clip's loss with smoothed targets, the starting
 temperature is the one asked for, training without a random crop sees exactly the indexer's pixels, bf16 only
-where the CPU has it natively and the tower gains from it, channels-last for convolutional towers."""
+where the CPU has it natively and it measured faster, channels-last for convolutional towers."""
 
 from __future__ import annotations
 
@@ -168,21 +168,87 @@ def _resnet_holder():
     return holder
 
 
-def test_bf16_only_where_native_and_the_tower_gains(monkeypatch):
+SECONDS = {"fp32": 1.0, "bf16": 1.02, "bf16-math-attention": 0.6}  # injected timings: no clock in these tests
+
+
+def test_bf16_only_where_native_and_measured_faster():
+    from train.fastpath import FP32, PATHS, choose
+
+    assert choose(SECONDS, native=True) == PATHS["bf16-math-attention"]
+    assert choose(SECONDS, native=False) == FP32  # emulated bf16: never chosen, however it timed
+    assert choose({**SECONDS, "bf16-math-attention": 1.3}, native=True) == FP32  # slower
+    assert choose({**SECONDS, "bf16-math-attention": 0.98}, native=True) == FP32  # within MIN_GAIN: not worth it
+    assert choose({**SECONDS, "bf16": 0.5}, native=True) == PATHS["bf16"]
+    # Asked for bf16: the faster bf16 kernel, even where bf16 is slower than fp32 or emulated.
+    assert choose({**SECONDS, "bf16-math-attention": 1.3}, native=False, precision="bf16") == PATHS["bf16"]
+
+
+def _built_and_towers():
+    from types import SimpleNamespace
+
     import open_clip
 
     import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
-    from train import fastpath
-    from train.loop import resolve_precision
+    from train.model import TrainingTowers
 
-    vit, resnet = open_clip.create_model("clipsearch-tiny"), _resnet_holder()
-    cpu = torch.device("cpu")
-    for native in (False, True):
-        monkeypatch.setattr(fastpath, "native_bf16", lambda native=native: native)
-        assert resolve_precision(None, cpu, vit) == "fp32"
-        assert resolve_precision(None, cpu, resnet) == ("bf16" if native else "fp32")
-        assert resolve_precision("fp32", cpu, resnet) == "fp32"  # asked for: kept
-    assert isinstance(fastpath.native_bf16(), bool)
+    model = open_clip.create_model("clipsearch-tiny")
+    built = SimpleNamespace(model=model, architecture="clipsearch-tiny", image_size=(64, 64),
+                            tokenizer=open_clip.get_tokenizer("clipsearch-tiny"))
+    return built, TrainingTowers(model)
+
+
+def test_the_path_is_measured_once_per_model_and_machine(monkeypatch, tmp_path):
+    from train import fastpath
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(fastpath, "measure", lambda *args: measured.append(args) or dict(SECONDS))
+    built, towers = _built_and_towers()
+    cfg = _config(data=[], output=str(tmp_path))
+    monkeypatch.setattr(fastpath, "native_bf16", lambda: False)
+    assert fastpath.cpu_path(built, towers, cfg) == fastpath.FP32 and not measured  # emulated bf16: not measured
+    monkeypatch.setattr(fastpath, "native_bf16", lambda: True)
+    assert fastpath.cpu_path(built, towers, cfg, "fp32") == fastpath.FP32 and not measured  # asked for: kept
+    assert fastpath.cpu_path(built, towers, cfg).name == "bf16-math-attention"
+    assert fastpath.cpu_path(built, towers, cfg).name == "bf16-math-attention"  # from the cache
+    assert fastpath.cpu_path(built, towers, cfg, "bf16").name == "bf16-math-attention"
+    assert len(measured) == 1 and (tmp_path / "clipsearch" / "training.json").is_file()
+    images, texts = measured[0][2:]
+    assert images.shape == (cfg.batch_size, 3, 64, 64) and texts.shape[0] == cfg.batch_size
+    fastpath.cpu_path(built, towers, _config(data=[], output=str(tmp_path), batch_size=16))  # another step to time
+    assert len(measured) == 2
+
+
+def _exported(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(out / "model" / "open_clip_model.safetensors")
+
+
+def test_a_measured_fp32_run_is_the_forced_fp32_run_bit_for_bit(corpus, tmp_path, monkeypatch):
+    """Measuring (on a copy of the model, its random state kept) leaves no trace: where it ends in fp32, the run
+    is the one ``--precision fp32`` makes, which measures nothing."""
+    from train import fastpath
+    from train.loop import train
+    from train.metrics import read_metrics
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(fastpath, "native_bf16", lambda: True)
+    measured = []
+    measure = fastpath.measure
+    monkeypatch.setattr(fastpath, "measure", lambda *args: measured.append(1) or measure(*args))
+    monkeypatch.setattr(fastpath, "choose", lambda seconds, native, precision=None: fastpath.FP32)
+    runs = {}
+    for precision in ("fp32", None):
+        out = tmp_path / str(precision)
+        train(_config(data=[str(corpus)], output=str(out), epochs=2, precision=precision))
+        runs[precision] = out
+    assert measured == [1]
+    losses = [[r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
+              for out in runs.values()]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+    forced, chosen = (_exported(out) for out in runs.values())
+    assert forced.keys() == chosen.keys() and all(torch.equal(forced[k], chosen[k]) for k in forced)
 
 
 def test_channels_last_for_convolutional_towers_only():
