@@ -154,7 +154,7 @@ def report(args, variants) -> None:
           f"{args.rounds} × {args.steps} timed steps per variant; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; 1-min load average now "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    header = f"{'median ms per step':24}" + "".join(f"{v.name:>16}" for v in variants)
+    header = f"{'median ms per step':24}" + "".join(f"{v.name:>20}" for v in variants)
     print(header)
     for phase in (*PHASES, "total"):
         cells = []
@@ -164,14 +164,14 @@ def report(args, variants) -> None:
                 cells.append(statistics.median(totals) * 1e3)
             else:
                 cells.append(statistics.median(v.times[phase]) * 1e3)
-        print(f"{phase:24}" + "".join(f"{c:16.1f}" for c in cells))
+        print(f"{phase:24}" + "".join(f"{c:20.1f}" for c in cells))
     rates = []
     for v in variants:
         totals = [sum(step) for step in zip(*v.times.values(), strict=True)]
         rates.append(args.batch_size / statistics.median(totals))
-    print(f"{'samples/s (median step)':24}" + "".join(f"{r:16.1f}" for r in rates))
+    print(f"{'samples/s (median step)':24}" + "".join(f"{r:20.1f}" for r in rates))
     base = rates[0]
-    print(f"{'vs ' + variants[0].name:24}" + "".join(f"{r / base:16.2f}" for r in rates))
+    print(f"{'vs ' + variants[0].name:24}" + "".join(f"{r / base:20.2f}" for r in rates))
     for v in variants:
         if v.compile_seconds is not None:
             print(f"{v.name}: first step (compilation) {v.compile_seconds:.1f}s")
