@@ -254,7 +254,7 @@ def run_ours(args, out: Path, time_budget: float | None = None) -> dict:
         result = {"samples_per_s": None, "samples_trained": None}
     result.update(proc)
     config = json.loads((out / "config.json").read_text())
-    result.update(model=str(out / "model"), precision=config["cpu_path"] or config["precision"], workers=args.workers,
+    result.update(model=str(out / "model"), precision=config["step_path"] or config["precision"], workers=args.workers,
                   **per_second(result))
     return result
 

@@ -171,7 +171,7 @@ class Run:
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.towers = TrainingTowers(self.model)
-        self.precision, self.cpu_path = self.choose_precision()
+        self.precision, self.step_path = self.choose_precision()
         self.data = self.make_data(records)
         self.val_split = self.make_val_split(val_records)
         self.validates = bool(val_records)
@@ -200,10 +200,11 @@ class Run:
         precision = resolve_precision(cfg.precision, d.device)
         if d.device.type != "cpu" or precision == "fp16":
             return precision, None
-        recorded = self.resume_state.get("cpu_path") if self.resume_state is not None and not precision else None
+        recorded = self.resume_state.get("step_path") if self.resume_state is not None and not precision else None
         name = recorded or run_on_main(d, lambda: cpu_path(self.built, self.towers, cfg, precision).name)
         if precision is None:
-            self.say(f"step path on this CPU: {name} (measured; --precision to force one)")
+            self.say(f"step path on this CPU: {name} ({'as the checkpoint was trained' if recorded else 'measured'}; "
+                     "--precision to force one)")
         return PATHS[name].precision, PATHS[name]
 
     def read_corpora(self):
@@ -306,7 +307,7 @@ class Run:
         total = self.data.steps_per_epoch * cfg.epochs if cfg.epochs else UNPLANNED
         self.scheduler = WarmupCosine(self.optimizer, cfg.lr, warmup_steps(cfg.warmup, total), total)
         self.scaler = torch.amp.GradScaler(d.device.type) if self.precision == "fp16" else None
-        self.autocast = self.cpu_path.context if self.cpu_path else autocast_for(self.precision, d.device)
+        self.autocast = self.step_path.context if self.step_path else autocast_for(self.precision, d.device)
         self.loss_fn = make_loss(cfg.loss, d.rank, d.world_size, cfg.label_smoothing)
 
     def wrap(self):
@@ -327,7 +328,7 @@ class Run:
         if self.d.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             config = json.dumps({**asdict(self.cfg), "precision": self.precision,
-                                 "cpu_path": self.cpu_path.name if self.cpu_path else None,
+                                 "step_path": self.step_path.name if self.step_path else None,
                                  "world_size": self.d.world_size}, indent=2)
             atomic_write(self.output / "config.json", lambda tmp: Path(tmp).write_text(config))
 
@@ -426,7 +427,7 @@ class Run:
                        "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                        "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": epoch,
                        "step_in_epoch": in_epoch, "ranks": ranks,
-                       "cpu_path": self.cpu_path.name if self.cpu_path else None, "world_size": self.d.world_size,
+                       "step_path": self.step_path.name if self.step_path else None, "world_size": self.d.world_size,
                        "config": json.loads(json.dumps(asdict(self.cfg))), "architecture": self.built.architecture}
             save_checkpoint(self.output, kind, self.step, payload)
 
