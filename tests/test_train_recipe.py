@@ -262,3 +262,20 @@ def test_channels_last_for_convolutional_towers_only():
     assert wants_channels_last(resnet)
     to_channels_last(resnet)
     assert resnet.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_resumed_run_keeps_the_path_it_was_trained_with(corpus, tmp_path, monkeypatch):
+    import json
+
+    from train import fastpath
+    from train.loop import train
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(fastpath, "native_bf16", lambda: True)
+    monkeypatch.setattr(fastpath, "measure", lambda *args: dict(SECONDS))
+    args = dict(data=[str(corpus)], output=str(tmp_path / "run"), epochs=2, save_every=1)
+    train(_config(**args, max_steps=1))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "another-cache"))  # as on another machine
+    monkeypatch.setattr(fastpath, "measure", lambda *args: {**SECONDS, "bf16-math-attention": 2.0})  # slower there
+    train(_config(**args, resume="latest"))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["step_path"] == "bf16-math-attention"
