@@ -272,7 +272,8 @@ def machine_key(fingerprint_id: str) -> str:
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
 
 
-def _read_cache(path: Path) -> dict:
+def read_cache(path: Path) -> dict:
+    """A cache of measurements (this one, the trainer's), or {} when there is none or it is damaged."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):  # none yet, or damaged: measure again
@@ -298,7 +299,7 @@ def cached_choice(encoder, offer_onnx=None) -> str:
     cached. ``offer_onnx``: gives the image tower exported beside the library (or None); called only when the
     cache has no ONNX measurement for this model, or chose ONNX."""
     path, key = cache_file(), machine_key(encoder.fingerprint.id)
-    trials = _cached_trials(_read_cache(path).get(key))
+    trials = _cached_trials(read_cache(path).get(key))
     onnx = None
     if trials is not None and offer_onnx is not None and (all(t.path != ONNX for t in trials)
                                                           or choose(trials) == ONNX):
@@ -312,18 +313,22 @@ def cached_choice(encoder, offer_onnx=None) -> str:
     return choose(trials, onnx=onnx is not None)
 
 
-def _write_cache(path: Path, key: str, encoder, trials: list[Trial]) -> None:
-    entries = _read_cache(path)  # again: another process may have added its own since
-    entries[key] = {"path": choose(trials), "architecture": encoder.fingerprint.architecture, "cpu": cpu_model(),
-                    "torch": torch.__version__, "images_per_second": {t.path: round(t.images_per_second, 2)
-                                                                      for t in trials},
-                    "cpu_ms_per_image": {t.path: round(t.cpu_ms_per_image, 2) for t in trials
-                                         if t.cpu_ms_per_image is not None},
-                    "kept": [t.path for t in trials if t.agreement.ok]}
+def update_cache(path: Path, key: str, entry: dict) -> None:
+    """Add one measurement to a cache file, keeping the entries other processes may have added meanwhile."""
+    entries = read_cache(path)
+    entries[key] = entry
     try:
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(entries, indent=1, sort_keys=True)))
     except OSError:  # a read-only home: the choice still holds for this run
         pass
+
+
+def _write_cache(path: Path, key: str, encoder, trials: list[Trial]) -> None:
+    update_cache(path, key, {
+        "path": choose(trials), "architecture": encoder.fingerprint.architecture, "cpu": cpu_model(),
+        "torch": torch.__version__, "images_per_second": {t.path: round(t.images_per_second, 2) for t in trials},
+        "cpu_ms_per_image": {t.path: round(t.cpu_ms_per_image, 2) for t in trials if t.cpu_ms_per_image is not None},
+        "kept": [t.path for t in trials if t.agreement.ok]})
 
 
 def check_forced(encoder, name: str) -> str:

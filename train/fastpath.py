@@ -25,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-from encoders.files import atomic_write
-from encoders.inference import MIN_GAIN, _read_cache, cache_file, machine_key, native_bf16, probe_batch
+from encoders.inference import MIN_GAIN, cache_file, machine_key, native_bf16, probe_batch, read_cache, update_cache
 
 from .data import trim_tokens
 from .loss import make_loss
@@ -119,16 +118,11 @@ def cpu_path(built, towers: torch.nn.Module, cfg, precision: str | None = None) 
     if precision == "fp32" or (precision is None and not native_bf16()):
         return FP32
     file, key = training_cache(), machine_key(step_identity(built, towers, cfg.batch_size, cfg.grad_checkpointing))
-    seconds = _read_cache(file).get(key, {}).get("seconds")
+    seconds = read_cache(file).get(key, {}).get("seconds")
     if not (isinstance(seconds, dict) and set(PATHS) <= set(seconds)):
         seconds = measure(towers, cfg.loss, *probe_inputs(built, towers, cfg.batch_size))
-        entries = _read_cache(file)  # again: another process may have added its own since
-        entries[key] = {"architecture": built.architecture, "batch": min(cfg.batch_size, PROBE_BATCH),
-                        "seconds": {name: round(s, 4) for name, s in seconds.items()}}
-        try:
-            atomic_write(file, lambda tmp: Path(tmp).write_text(json.dumps(entries, indent=1, sort_keys=True)))
-        except OSError:  # a read-only home: the choice still holds for this run
-            pass
+        update_cache(file, key, {"architecture": built.architecture, "batch": min(cfg.batch_size, PROBE_BATCH),
+                                 "seconds": {name: round(s, 4) for name, s in seconds.items()}})
     return choose(seconds, native_bf16(), precision)
 
 
