@@ -45,6 +45,8 @@ setup(install_requires=[
     "huggingface_hub>=1.31",  # transformers 5.20 needs it
     # SigLIP's and SigLIP2's tokenizers are Hugging Face tokenizers: open_clip loads them through transformers.
     "transformers>=5.20",  # older 5.x fail to load a SigLIP tokenizer from the hub cache offline (tested)
+    # Their text queries tokenize with transformers' Rust core alone (encoders/text/tokenizer.py, HubTokenizer).
+    "tokenizers>=0.23.1",  # transformers 5.20 needs it
     "regex>=2025.10.22",  # transformers 5.20 needs it
     "ftfy>=6.1",
     "tqdm>=4.60",  # transformers' tokenizers import tqdm.contrib.logging

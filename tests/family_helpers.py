@@ -45,3 +45,23 @@ def save_hf_tokenizer(folder: Path, words: Iterable[str], vocab_size: int) -> in
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
                             unk_token="<unk>").save_pretrained(str(folder))
     return tokenizer.get_vocab_size()
+
+
+def save_gemma_tokenizer(folder: Path, words: Iterable[str]) -> int:
+    """A SigLIP2-like tokenizer (Gemma's shape, transformers' ``GemmaTokenizer``): BPE over '▁'-joined words with
+    byte fallback (an unknown character becomes its UTF-8 bytes), ``<bos>`` and ``<eos>`` added, padded on the left
+    (GemmaTokenizer's default). Returns its vocabulary size."""
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import GemmaTokenizer
+
+    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *(f"<0x{b:02X}>" for b in range(256))]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tokenizer.normalizer = normalizers.Replace(" ", "▁")  # as GemmaTokenizer's, so that merges span the '▁'
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous")
+    tokenizer.train_from_iterator([" ".join(words)], trainers.BpeTrainer(vocab_size=400, special_tokens=special))
+    model = json.loads(tokenizer.to_str())["model"]
+    GemmaTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], add_bos_token=True,
+                   add_eos_token=True).save_pretrained(str(folder))
+    return len(model["vocab"])

@@ -5,13 +5,14 @@ never shipped): CLIP ViT with OpenAI's QuickGELU; ConvNeXt (a timm tower under o
 tower); SigLIP (a timm ViT with attention pooling, a custom text tower, its Hugging Face tokenizer
 from a hub cache, the logit bias and the sigmoid loss); MobileCLIP (FastViT with re-parameterisable
 blocks, custom text tower); PE-Core (timm's Eva tower); and a SigLIP2-shaped ``hf-hub:`` repo.
-Each goes load → index → query (CLI, text and picture; then the ONNX text path, or PyTorch with a
-note) → fine-tune one step → export → ``local-dir:`` reload with the exported model's embeddings →
+Each goes load → index → query (CLI, text and picture; then the ONNX text path, without torch or
+transformers) → fine-tune one step → export → ``local-dir:`` reload with the exported model's embeddings →
 evaluate → re-index with the export.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -24,13 +25,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, run_cli
-from family_helpers import hub_snapshot, save_hf_tokenizer
+from family_helpers import hub_snapshot, save_gemma_tokenizer, save_hf_tokenizer
 from PIL import Image
 from train_helpers import COLOURS, SHAPES, make_shapes_corpus
 
 CONFIGS = Path(__file__).parent / "model_configs"
 SIGLIP_TOKENIZER_REPO = "clipsearch-tests/siglip-tokenizer"  # named by family-siglip.json, as timm/... by SigLIP's
-SIGLIP2_REPO = "clipsearch-tests/siglip2-tiny"  # a whole model repo, its tokenizer inside (family-siglip2.json)
+# A whole model repo, its tokenizer inside (family-siglip2.json): Gemma-shaped, as SigLIP2's real one is.
+SIGLIP2_REPO = "clipsearch-tests/siglip2-tiny"
 TEXTS = ["a red circle", "a picture of a blue square", "yellow cross", "an unknown word: zebra"]
 QUERY = "a red circle"
 
@@ -39,7 +41,6 @@ QUERY = "a red circle"
 class Family:
     model: str  # a test config's name, or hf-hub:ORG/REPO
     loss: str = "clip"
-    onnx: bool = True  # its tokenizer is open_clip's SimpleTokenizer: text queries can run in ONNX Runtime
 
     @property
     def is_hub(self) -> bool:
@@ -49,11 +50,11 @@ class Family:
 FAMILIES = [
     Family("family-vit-openai"),
     Family("family-convnext"),
-    Family("family-siglip", loss="siglip", onnx=False),
+    Family("family-siglip", loss="siglip"),
     Family("family-mobileclip"),
     # timm's smallest PE-Core tower runs at 384 px only: over a minute here.
     pytest.param(Family("family-pe-core"), marks=pytest.mark.slow),
-    Family(f"hf-hub:{SIGLIP2_REPO}", loss="siglip", onnx=False),
+    Family(f"hf-hub:{SIGLIP2_REPO}", loss="siglip"),
 ]
 
 
@@ -75,9 +76,10 @@ def hub_cache(tmp_path_factory, registered) -> Path:
 
     cache = tmp_path_factory.mktemp("hf") / "hub"
     words = [*COLOURS, *SHAPES, "a", "picture", "of", "photo"]
-    for repo in (SIGLIP_TOKENIZER_REPO, SIGLIP2_REPO):
-        vocab = save_hf_tokenizer(hub_snapshot(cache, repo, missing=["config.json"]), words, vocab_size=100)
-        assert vocab <= open_clip.get_model_config("family-siglip")["text_cfg"]["vocab_size"]
+    vocab = save_hf_tokenizer(hub_snapshot(cache, SIGLIP_TOKENIZER_REPO, missing=["config.json"]), words, 100)
+    assert vocab <= open_clip.get_model_config("family-siglip")["text_cfg"]["vocab_size"]
+    vocab = save_gemma_tokenizer(hub_snapshot(cache, SIGLIP2_REPO, missing=["config.json"]), words)
+    assert vocab <= open_clip.get_model_config("family-siglip2")["text_cfg"]["vocab_size"]
     torch.manual_seed(7)
     export_model(open_clip.create_model("family-siglip2"), open_clip.get_model_config("family-siglip2"),
                  "family-siglip2", hub_snapshot(cache, SIGLIP2_REPO))
@@ -141,7 +143,7 @@ def _assert_same_results(got: dict[str, float], expected: dict[str, float]) -> N
 def _query_without_torch(library: Path, env: dict) -> subprocess.CompletedProcess:
     code = ("import sys; sys.argv = ['search', 'query', sys.argv[2], '--json', '--top', '5', '--library', sys.argv[1]]"
             "\nfrom search.cli import app\ntry:\n    app()\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'torch was imported'\n")
+            "assert not {'torch', 'open_clip', 'transformers'} & set(sys.modules), 'torch or transformers imported'\n")
     return subprocess.run([sys.executable, "-c", code, str(library), QUERY], capture_output=True, text=True,
                           cwd=ROOT, timeout=120, env={**os.environ, **env}, check=True)
 
@@ -188,12 +190,12 @@ def test_family_end_to_end(family, offline, shapes, tmp_path, monkeypatch):
     pytorch = SearchEngine(library, encoder=encoder, text_encoder=encoder)  # PyTorch's text tower, and no export
     expected = {r.path: r.score for r in pytorch.query(QUERY, top_k=5)}
 
-    # query as a user does: text (PyTorch, then the ONNX export or a refusal with a note), then a picture
+    # query as a user does: text (PyTorch, then the ONNX export), then a picture
     L = ("--library", str(library))
     first = run_cli("query", QUERY, "--json", "--top", "5", *L, env=offline, check=True)
     _assert_same_results(_results(first), expected)
-    assert export_state(library, fingerprint) == ("ready" if family.onnx else "refused")
-    assert ("start faster" if family.onnx else "note: text queries on this library run in PyTorch") in first.stderr
+    assert export_state(library, fingerprint) == "ready"
+    assert "start faster" in first.stderr
     original = shapes / "images" / "red_circle_000.png"
     outside = tmp_path / "query" / "copy.png"
     outside.parent.mkdir()
@@ -201,12 +203,7 @@ def test_family_end_to_end(family, offline, shapes, tmp_path, monkeypatch):
     by_picture = run_cli("query", "--image", str(outside), "--json", "--top", "1", *L, env=offline, check=True)
     [(path, score)] = _results(by_picture).items()
     assert path == str(original) and score > 0.999
-    if family.onnx:
-        _assert_same_results(_results(_query_without_torch(library, offline)), expected)
-    else:
-        again = run_cli("query", QUERY, "--json", "--top", "5", *L, env=offline, check=True)
-        _assert_same_results(_results(again), expected)
-        assert "note:" not in again.stderr  # the refusal is remembered, not retried
+    _assert_same_results(_results(_query_without_torch(library, offline)), expected)
 
     # fine-tune one step, export, reload: the reloaded model embeds as the exported one did
     model, tokenizer = _fine_tune(start, family, shapes / "captions.csv", tmp_path / "run", monkeypatch)
@@ -234,6 +231,67 @@ def test_family_end_to_end(family, offline, shapes, tmp_path, monkeypatch):
     assert Library.open(library).model.fingerprint == tuned.fingerprint.id
     [hit] = SearchEngine(library, encoder=tuned).query(image=outside, top_k=1)
     assert hit.path == str(original)
+
+
+# ------------------------------------------------------------------ Hugging Face tokenizers without transformers
+
+# Awkward texts for a tokenizer: case, punctuation and '_' (which 'canonicalize' removes), HTML entities, accents and
+# other scripts (byte fallback), emoji, nothing, only spaces, special tokens' text, more tokens than the context.
+TRICKY = ["a red circle", "A Picture of a BLUE square!!", "yellow_cross (4 cats, 12 dogs & 1 bird)?",
+          "café &amp; crème brûlée", "日本語のテキスト 🐶", "", "   ", "red </s> <eos> <pad> blue",
+          "a " * 40 + "very long caption", "  spaced\tout\nover lines  "]
+
+
+@pytest.mark.parametrize("repo", [SIGLIP_TOKENIZER_REPO, SIGLIP2_REPO], ids=["siglip", "siglip2-gemma"])
+def test_hub_tokenizer_gives_open_clips_tokens(repo, offline, tmp_path):
+    """``HubTokenizer`` (no torch, no transformers) against open_clip's ``HFTokenizer``, set up as the exporter
+    records it: the same ids for every cleaning, both padding sides, with and without ``strip_sep_token``."""
+    from open_clip.tokenizer import HFTokenizer
+
+    from encoders.text.export import tokenizer_settings
+    from encoders.text.tokenizer import CLEANERS, HubTokenizer
+
+    eos = "</s>" if repo == SIGLIP_TOKENIZER_REPO else "<eos>"
+    for clean, side, strip in itertools.product(CLEANERS, ("left", "right"), (False, True)):
+        tok = HFTokenizer(repo, context_length=16, clean=clean, strip_sep_token=strip, padding_side=side,
+                          sep_token=eos)
+        file = tmp_path / f"{clean}.{side}.{strip}.json"
+        settings = tokenizer_settings(tok, file)
+        assert settings["kind"] == "hub" and (settings["strip_sep_id"] is not None) == strip
+        assert np.array_equal(HubTokenizer(file, settings)(TRICKY), tok(TRICKY).numpy()), (clean, side, strip)
+
+
+def test_a_tokenizer_without_a_torch_free_twin_keeps_text_queries_in_pytorch(offline, shapes, tmp_path):
+    """open_clip's 'clips' mode of a Hugging Face tokenizer (its own padding and class token) is not reproduced:
+    the export is refused with a note, the refusal recorded, and text queries answer in PyTorch, never retrying."""
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+
+    from encoders import ModelSpec, load_encoder
+    from encoders.onnx.sidecar import export_state
+    from indexer import IndexOptions, Library, index_folders
+    from search import SearchEngine
+    from train.checkpoint import export_model
+
+    config = json.loads(json.dumps(open_clip.get_model_config("family-siglip2")))
+    config["text_cfg"]["tokenizer_mode"] = "clips"
+    tokenizer = HFTokenizer(SIGLIP2_REPO, cls_token="<mask>")  # 'clips' adds a class token
+    folder = export_model(open_clip.create_model("family-siglip2", text_cfg=config["text_cfg"]), config,
+                          "family-siglip2", tmp_path / "model", tokenizer=tokenizer)
+    encoder = load_encoder(ModelSpec.from_options(None, None, str(folder)), device="cpu")
+    library = tmp_path / "lib"
+    index_folders(Library.open(library, create=True), encoder, [shapes / "images"], IndexOptions(workers=0))
+    pytorch = SearchEngine(library, encoder=encoder, text_encoder=encoder)
+    expected = {r.path: r.score for r in pytorch.query(QUERY, top_k=5)}
+
+    L = ("--library", str(library))
+    first = run_cli("query", QUERY, "--json", "--top", "5", *L, env=offline, check=True)
+    _assert_same_results(_results(first), expected)
+    assert "note: text queries on this library run in PyTorch: tokenizer mode 'clips'" in first.stderr
+    assert export_state(library, Library.open(library).model.fingerprint) == "refused"
+    again = run_cli("query", QUERY, "--json", "--top", "5", *L, env=offline, check=True)
+    _assert_same_results(_results(again), expected)
+    assert "note:" not in again.stderr  # the refusal is remembered, not retried
 
 
 # ------------------------------------------------------------------ OpenAI's QuickGELU

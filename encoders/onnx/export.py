@@ -83,10 +83,14 @@ def export_folder(folder: str | os.PathLike, fingerprint: str, tower: str) -> It
 
 
 def install(work: Path, files: TowerFiles, meta: dict, tower: str) -> Path:
-    """Move a checked export from ``work`` into place: weights, then graph (each flushed to disk first, as
-    ``atomic_write`` does), the sidecar last. Two processes exporting the same model at once write the same bytes
-    (the same weights, traced the same way), so whichever finishes last leaves a whole export."""
-    for made, target in ((work / files.weights.name, files.weights), (work / files.graph.name, files.graph)):
+    """Move a checked export from ``work`` into place: weights, then graph, then a tokenizer if the export made
+    one (each flushed to disk first, as ``atomic_write`` does), the sidecar last. Two processes exporting the same
+    model at once write the same bytes (the same weights, traced the same way), so whichever finishes last leaves a
+    whole export."""
+    for target in (files.weights, files.graph, files.tokenizer):
+        made = work / target.name
+        if target is files.tokenizer and not made.exists():
+            continue
         # The exporter writes by name into its work folder; the finished file moves into atomic_write's
         # temporary file (same folder, no copy), which atomic_write flushes and renames over the target.
         atomic_write(target, lambda tmp, made=made: os.replace(made, tmp))

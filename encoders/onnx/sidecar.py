@@ -1,11 +1,12 @@
 """Where a library's exported towers live, and whether they are there: ready, refused or missing.
 
 Beside the library, one set per tower (``text`` or ``image``) and model fingerprint: ``<tower>.<fingerprint>.onnx``
-(the graph), ``<tower>.<fingerprint>.weights`` (its weights, a file of their own) and ``<tower>.<fingerprint>.json``
-(what was exported, from which model, how close it came to PyTorch). The JSON is written last, so a reader that
-finds it finds the rest; for a model whose tower cannot be exported it records the refusal instead, so that
-later runs do not try again. Standard library only (and ``encoders.files``, which is too): the query and index
-paths read it before deciding to import anything.
+(the graph), ``<tower>.<fingerprint>.weights`` (its weights, a file of their own), for a text tower whose model has
+a Hugging Face tokenizer ``<tower>.<fingerprint>.tokenizer.json`` (that tokenizer's own file), and
+``<tower>.<fingerprint>.json`` (what was exported, from which model, with which tokenizer settings, how close it
+came to PyTorch). The JSON is written last, so a reader that finds it finds the rest; for a model whose tower
+cannot be exported it records the refusal instead, so that later runs do not try again. Standard library only
+(and ``encoders.files``, which is too): the query and index paths read it before deciding to import anything.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from ..files import atomic_write
 # 2: the weights in their own file beside the graph: ONNX Runtime loads them without parsing them out of the
 # graph's protobuf, in a third of the CPU (see BENCHMARKS.md, "Figures behind choices in the code"). A sidecar
 # of another version counts as missing: the next query that loads the PyTorch model exports again.
-EXPORT_VERSION = 2
+# 3: text towers of models with a Hugging Face tokenizer (SigLIP's) export too, their tokenizer beside them: a
+# library whose version-2 export refused it tries again.
+EXPORT_VERSION = 3
 READY, REFUSED, MISSING = "ready", "refused", "missing"
 
 
@@ -29,6 +32,12 @@ class TowerFiles:
     graph: Path
     weights: Path
     meta: Path
+    tokenizer: Path  # a text tower's Hugging Face tokenizer, when its model has one (the sidecar says)
+
+    def complete(self, meta: dict) -> bool:
+        """Whether every file the sidecar ``meta`` needs is there."""
+        hub_tokenizer = meta.get("tokenizer", {}).get("kind") == "hub"
+        return all(p.is_file() for p in (self.graph, self.weights, *([self.tokenizer] if hub_tokenizer else ())))
 
 
 TEXT, IMAGE = "text", "image"
@@ -37,7 +46,7 @@ TEXT, IMAGE = "text", "image"
 def tower_files(folder: str | os.PathLike, fingerprint: str, tower: str = TEXT) -> TowerFiles:
     stem = Path(folder) / f"{tower}.{fingerprint}"
     return TowerFiles(stem.with_name(f"{stem.name}.onnx"), stem.with_name(f"{stem.name}.weights"),
-                      stem.with_name(f"{stem.name}.json"))
+                      stem.with_name(f"{stem.name}.json"), stem.with_name(f"{stem.name}.tokenizer.json"))
 
 
 def read_meta(folder: str | os.PathLike, fingerprint: str, tower: str = TEXT) -> dict | None:
@@ -58,8 +67,7 @@ def export_state(folder: str | os.PathLike, fingerprint: str, tower: str = TEXT)
         return MISSING
     if meta.get("refused"):
         return REFUSED
-    files = tower_files(folder, fingerprint, tower)
-    return READY if files.graph.is_file() and files.weights.is_file() else MISSING
+    return READY if tower_files(folder, fingerprint, tower).complete(meta) else MISSING
 
 
 def record_refusal(folder: str | os.PathLike, fingerprint: str, reason: str, tower: str = TEXT) -> None:

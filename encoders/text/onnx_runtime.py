@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from ..onnx.runtime import onnx_available, open_session
-from ..onnx.sidecar import READY, TEXT, export_state, read_meta, tower_files
-from .tokenizer import ClipTokenizer
+from ..onnx.sidecar import READY, TEXT, TowerFiles, export_state, read_meta, tower_files
+from .tokenizer import text_tokenizer
 
 
 class OnnxTextEncoder:
@@ -20,11 +19,11 @@ class OnnxTextEncoder:
     "Figures behind choices in the code").
     """
 
-    def __init__(self, graph: Path, meta: dict, prepack: bool = True):
-        self.session = open_session(graph, prepack)
+    def __init__(self, files: TowerFiles, meta: dict, prepack: bool = True):
+        self.session = open_session(files.graph, prepack)
         self.meta = meta
         self.dim = int(meta["embed_dim"])
-        self.tokenizer = ClipTokenizer(int(meta["context_length"]))
+        self.tokenizer = text_tokenizer(meta["tokenizer"], files.tokenizer)
 
     @classmethod
     def for_library(cls, folder: str | os.PathLike, fingerprint: str, prepack: bool = True) -> OnnxTextEncoder | None:
@@ -33,7 +32,7 @@ class OnnxTextEncoder:
         if not onnx_available() or export_state(folder, fingerprint, TEXT) != READY:
             return None
         meta = read_meta(folder, fingerprint, TEXT)
-        return cls(tower_files(folder, fingerprint, TEXT).graph, meta, prepack) if meta is not None else None
+        return cls(tower_files(folder, fingerprint, TEXT), meta, prepack) if meta is not None else None
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)

@@ -1,12 +1,16 @@
-"""open_clip's BPE tokenizer (``SimpleTokenizer``) in plain Python: the same tokens, without torch.
+"""open_clip's tokenizers without torch: the same tokens, as numpy int64.
 
-Why a copy instead of open_clip's own: `import open_clip.tokenizer` imports torch and open_clip, which costs
-several times a whole cold text query, while building this tokenizer costs a fraction of it (bench/query_bench.py;
-see BENCHMARKS.md, "One query path"). The exporter checks that it reproduces the model's tokens before any
-library uses it (export.py), and tests compare the two on awkward texts.
+- ``ClipTokenizer``: open_clip's BPE tokenizer (``SimpleTokenizer``) in plain Python;
+- ``HubTokenizer``: open_clip's ``HFTokenizer`` (SigLIP's, SigLIP2's) without transformers: the Rust
+  `tokenizers` package, which transformers itself runs, on the tokenizer file saved at export.
 
-Follows open_clip's ``tokenizer.py`` (itself from OpenAI's CLIP, MIT License, Copyright (c) 2021 OpenAI),
-with ``clean="lower"`` and truncation, returning numpy int64.
+Why copies instead of open_clip's own: `import open_clip.tokenizer` imports torch and open_clip, which costs
+several times a whole cold text query, while building these tokenizers costs a fraction of it (bench/query_bench.py;
+see BENCHMARKS.md, "One query path"). The exporter checks that they reproduce the model's tokens before any
+library uses them (export.py), and tests compare them on awkward texts.
+
+Follows open_clip's ``tokenizer.py`` (itself from OpenAI's CLIP, MIT License, Copyright (c) 2021 OpenAI; its
+``canonicalize_text`` from Google's big_vision, Apache-2.0).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import html
 import importlib.util
 import itertools
 import os
+import string
+from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -52,6 +59,27 @@ def _basic_clean(text: str) -> str:
 
         text = ftfy.fix_text(text)
     return html.unescape(html.unescape(text)).strip()
+
+
+def _clean_whitespace(text: str) -> str:
+    return " ".join(_basic_clean(text).split())
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def _canonicalize(text: str) -> str:
+    # big_vision's canonicalize_text: '_' as a space, ASCII punctuation removed, lower case, single spaces.
+    text = _basic_clean(text).replace("_", " ").translate(_NO_PUNCTUATION).lower()
+    return " ".join(text.split())
+
+
+# open_clip's ``clean`` modes (its get_clean_fn), by name.
+CLEANERS: dict[str, Callable[[str], str]] = {
+    "whitespace": _clean_whitespace,
+    "lower": lambda text: _clean_whitespace(text).lower(),
+    "canonicalize": _canonicalize,
+}
 
 
 class ClipTokenizer:
@@ -114,7 +142,7 @@ class ClipTokenizer:
         return out
 
     def encode(self, text: str) -> list[int]:
-        text = " ".join(_basic_clean(text).split()).strip().lower()
+        text = CLEANERS["lower"](text)
         tokens: list[int] = []
         for piece in self.pat.findall(text):
             piece = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
@@ -131,3 +159,45 @@ class ClipTokenizer:
                 tokens[-1] = self.eot
             out[row, :len(tokens)] = tokens
         return out
+
+
+class HubTokenizer:
+    """open_clip's ``HFTokenizer`` (not its 'clips' mode): ``clean`` the texts, then the Hugging Face fast
+    tokenizer as transformers calls it there: special tokens added, truncated to ``context_length`` and padded to
+    it; ``strip_sep_id``, when given, replaced by 0 (open_clip's ``strip_sep_token``).
+
+    ``settings``: as the exporter records them (export.py reads them off the transformers tokenizer); ``path``:
+    the Rust tokenizer's own file (tokenizer.json).
+    """
+
+    def __init__(self, path: str | os.PathLike, settings: dict):
+        from tokenizers import Tokenizer
+
+        self.clean = CLEANERS[settings["clean"]]
+        self.strip_sep_id = settings["strip_sep_id"]
+        self.context_length = int(settings["context_length"])
+        self.tokenizer = Tokenizer.from_file(str(path))
+        # What transformers sets on this same object for max_length padding and truncation=True
+        # (PreTrainedTokenizerFast.set_truncation_and_padding).
+        self.tokenizer.enable_truncation(self.context_length, stride=0, strategy="longest_first",
+                                         direction=settings["truncation_side"])
+        self.tokenizer.enable_padding(direction=settings["padding_side"], pad_id=settings["pad_id"],
+                                      pad_type_id=settings["pad_type_id"], pad_token=settings["pad_token"],
+                                      length=self.context_length)
+        self.tokenizer.encode_special_tokens = settings["split_special_tokens"]
+
+    def __call__(self, texts: list[str] | str) -> np.ndarray:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        encodings = self.tokenizer.encode_batch([self.clean(text) for text in texts], add_special_tokens=True)
+        out = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), self.context_length)
+        if self.strip_sep_id is not None:
+            out[out == self.strip_sep_id] = 0
+        return out
+
+
+def text_tokenizer(settings: dict, hub_file: Path) -> Callable[[list[str]], np.ndarray]:
+    """The tokenizer an export's ``settings`` describe (``kind``: 'clip' or 'hub'); ``hub_file``: where a hub
+    tokenizer's file is."""
+    if settings["kind"] == "clip":
+        return ClipTokenizer(int(settings["context_length"]))
+    return HubTokenizer(hub_file, settings)
