@@ -1,7 +1,7 @@
 """Query latency: warm Python API, FAISS at 100k / 1M vectors, and the cold `search query` command.
 
     python bench/query_bench.py [--sizes 100000 1000000] [--model ViT-B-32 --pretrained none] [--runs 30]
-                                [--before REV]
+                                [--before REV] [--stand-in-tokenizer]
 
 Builds a synthetic library per size (random unit vectors under a real model record, rows
 written straight into SQLite; cached in --out), then prints side by side:
@@ -20,6 +20,9 @@ whole query and of the text tower alone, ``text_vector``; the saving is before ‚
 now" (higher is better for now). The 1-minute load average is recorded before and after each part: figures
 from a busy machine are only comparable within one run.
 
+``--stand-in-tokenizer``: a model whose tokenizer comes from the Hugging Face hub (SigLIP's) runs offline with a
+stand-in of the same size in a hub cache of the run's own (see ``stand_in_tokenizer``).
+
     python bench/query_bench.py --ensemble-eval RUN/model [--eval-data ../shared/data/emoji-twitter]
 
 instead measures whether ``--ensemble`` (prompt templates) helps: a model trained on
@@ -34,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import subprocess
@@ -79,6 +83,44 @@ def build_library(folder: Path, encoder, size: int, seed: int = 0) -> None:
     record = lib.model
     index = VectorIndex.rebuild(lib.store, dim, record.generation)
     index.save(lib.folder, lib.store)
+
+
+def stand_in_tokenizer(model: str, root: Path) -> str | None:
+    """Random weights need no download, but a SigLIP model's tokenizer does (open_clip fetches it from the Hugging
+    Face hub). Offline, a stand-in takes its place, in a hub cache under ``root``, for this process and every one it
+    starts: Gemma's shape (transformers' ``GemmaTokenizer``, as SigLIP 2's) with as many tokens as the model's
+    vocabulary, their merges random. Loading it costs about what loading the real one does; the ids it gives differ,
+    which timings do not depend on. Returns the hub repo it stands in for, or None (no hub tokenizer)."""
+    import open_clip
+    from huggingface_hub import constants
+
+    text = (open_clip.get_model_config(model) or {}).get("text_cfg", {})
+    repo = text.get("hf_tokenizer_name")
+    if not repo:
+        return None
+    cache = root / "hub"
+    # Before transformers is imported (it reads where the cache is once), and for the processes started later.
+    os.environ.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(cache), True
+    sys.path.insert(0, str(ROOT / "tests"))
+    from family_helpers import hub_snapshot  # the tests' hub cache layout: one way to make it
+
+    snapshot = hub_snapshot(cache, repo, missing=["config.json"])
+    if not (snapshot / "tokenizer.json").is_file():
+        from transformers import GemmaTokenizer
+
+        special = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *(f"<0x{b:02X}>" for b in range(256))]
+        pieces = list("‚ñÅabcdefghijklmnopqrstuvwxyz0123456789")
+        vocab = {token: i for i, token in enumerate(special + pieces)}
+        merges, rng = [], random.Random(0)
+        while len(vocab) < text["vocab_size"]:
+            first, second = rng.choice(pieces), rng.choice(pieces)
+            if len(first) + len(second) <= 12 and first + second not in vocab:
+                vocab[first + second] = len(vocab)
+                pieces.append(first + second)
+                merges.append((first, second))
+        GemmaTokenizer(vocab=vocab, merges=merges).save_pretrained(str(snapshot))
+    return repo
 
 
 def timed(fn, runs: int) -> list[float]:
@@ -277,6 +319,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "query"))
     parser.add_argument("--before", metavar="REV", help="Also run this commit's tree, side by side (cold CLI, warm "
                         "API).")
+    parser.add_argument("--stand-in-tokenizer", action="store_true", help="A hub tokenizer (SigLIP's) of the real "
+                        "one's size, made here: offline, with random weights.")
     parser.add_argument("--ensemble-eval", metavar="CHECKPOINT", help="Measure --ensemble with this model instead.")
     parser.add_argument("--eval-data", default=str(ROOT.parent / "shared" / "data" / "emoji-twitter"))
     return parser.parse_args()
@@ -352,8 +396,10 @@ def main() -> None:
     from encoders import ModelSpec, load_encoder
     from search import SearchEngine
 
+    stand_in = stand_in_tokenizer(args.model, out) if args.stand_in_tokenizer else None
     encoder = load_encoder(ModelSpec.from_options(args.model, args.pretrained, None))
     report = {"bench": "query", "model": f"{args.model} ({args.pretrained})", "dim": encoder.dim,
+              "stand_in_tokenizer": stand_in,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "faiss": faiss.__version__, "load_avg_start": os.getloadavg()[0]},
               "sizes": {}}

@@ -152,7 +152,7 @@ def test_the_package_loads_torch_only_for_the_names_that_need_it():
              "from encoders import PAPER_TEMPLATES, InputFileError, ModelSpec, TextEncoder, load_templates\n"
              "from encoders.text.onnx_runtime import OnnxTextEncoder\n"
              "from encoders.onnx.sidecar import export_state\n"
-             "assert not {'torch', 'open_clip'} & set(sys.modules), 'torch or open_clip was imported'\n"
+             "assert not {'torch', 'open_clip', 'transformers'} & set(sys.modules), 'torch or transformers imported'\n"
              "import encoders.loader, open_clip\n"
              "assert 'clipsearch-tiny' in open_clip.list_models()\n")
     result = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, cwd=ROOT, timeout=300)
