@@ -2,32 +2,43 @@
 
 One command from a fresh clone (after `pip install -e .`):
 
-    python bench/index_bench.py                 # 300 JPEGs 4000×3000 + 300 openclipart PNGs, ViT-B-32
+    python bench/index_bench.py                 # 300 JPEGs 4000×3000 + 300 openclipart PNGs, the default model
     python bench/index_bench.py --jpegs 60 --pngs 60 --memory-small 200 --memory-large 2000   # quicker
+    # issue 16: the new default on its chosen path, on camera-like JPEGs, against the old default as it ran
+    python bench/index_bench.py --jpegs 60 --rounds 3 --skip png,memory,fast --camera \
+        --against ViT-B-32:fp32-eager:plain
 
 It builds a deterministic photo-like corpus (openclipart pictures pasted on textured,
 noisy backgrounds, saved as 12-megapixel JPEGs at quality 92 with EXIF orientation tags
-and dates), and a deterministic sample of the openclipart PNG folder, then measures with
-ViT-B-32 `--pretrained none` (random weights: speed does not depend on them):
+and dates; with --camera, each also carries a 1920×1440 copy of itself as an MPF preview,
+as cameras write them, which the decoder uses instead of the picture), and a deterministic
+sample of the openclipart PNG folder, then measures with `--pretrained none` (random
+weights, and for a model whose tokenizer comes from the Hugging Face hub, such as the
+SigLIP 2 default, a stand-in tokenizer in a hub cache of the run's own, since neither can
+be downloaded here: the image path's cost does not depend on them):
 
-  (a) the image encoder alone on pre-made tensors (the limit);
+  (a) the image encoder alone on pre-made inputs (the limit), on the inference path `search index`
+      takes (encoders/inference.py: the one chosen on this machine, measured once in this run, or
+      --inference): PyTorch, bf16 autocast, or the tower exported to ONNX Runtime;
   (b) a plain loop a user would write with open_clip: PIL open → preprocess → encode,
       in a torch DataLoader with one worker per core (bench/plain_loop.py, in a process of
       its own with the user's environment: none of the settings our indexer makes for itself);
   (c) `search index` (a subprocess, timed by its own summary: model loading excluded as in (b)).
 
 in --rounds rounds of (b), (c) between two (a) measurements, and prints each round's ratios
-(c)/(a) and (c)/(b) and their medians. Then the peak memory (PSS of the whole process
-tree, workers included) of (c) at --memory-small and --memory-large pictures, and the
-faster CPU inference paths (bf16 autocast, ONNX Runtime, torch.compile, int8) with their
-speed and cosine agreement with fp32 PyTorch. Results also go to OUT/result.json.
+(c)/(a) and (c)/(b) and their medians. With --against MODEL:PATH:plain|camera, every round also
+runs (c') `search index` with that model, path and JPEGs right after (c), with its own (a'), and
+prints (c)/(c'), the pipelines' pictures/s against each other. Then the peak memory (PSS of the
+whole process tree, workers included) of (c) at --memory-small and --memory-large pictures, and
+the model's image tower as built (fp32) against faster CPU paths (bf16 autocast, the ONNX export
+`search index` makes, torch.compile, int8) with their speed and cosine agreement with fp32.
+Results also go to OUT/result.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import os
 import random
@@ -37,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +58,17 @@ from PIL import Image
 # set before torch is imported. (b), a user's own script, runs with the user's setting, if any.
 USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from machine import cpu_summary  # noqa: E402
 from plain_loop import cpu_seconds  # noqa: E402  (imports torch: after the line above)
 
 CLIPART = "/usr/share/openclipart/png"
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from camera_helpers import camera_jpeg  # noqa: E402  (the tests' camera JPEGs and hub stand-ins: one way to make them)
+from family_helpers import hub_snapshot, save_hf_tokenizer  # noqa: E402
+
 CORPUS_VERSION = 2
+PREVIEW = (1920, 1440)  # the MPF preview cameras embed in a 4000×3000 JPEG (--camera)
 
 
 # -- the corpus ---------------------------------------------------------------------------------
@@ -82,7 +100,8 @@ def _texture(rng: np.random.Generator, width: int, height: int) -> Image.Image:
 
 
 def make_photo(path: Path, index: int, pictures: list[str], width: int = 4000, height: int = 3000,
-               quality: int = 92) -> None:
+               quality: int = 92, preview: tuple[int, int] | None = None) -> None:
+    """A photo-like JPEG; with ``preview``, written as a camera writes it: that size of it embedded in MPF."""
     rng = np.random.default_rng(1000 + index)
     canvas = _texture(rng, width, height)
     for _ in range(int(rng.integers(1, 4))):
@@ -98,22 +117,29 @@ def make_photo(path: Path, index: int, pictures: list[str], width: int = 4000, h
         x = int(rng.integers(0, max(1, width - art.width)))
         y = int(rng.integers(0, max(1, height - art.height)))
         canvas.paste(art, (x, y), art)
+    orientation = (1, 6, 3, 8)[index % 4]  # as stored, 90° CW, 180°, 90° CCW
     exif = Image.Exif()
-    exif[0x0112] = (1, 6, 3, 8)[index % 4]  # orientation: as stored, 90° CW, 180°, 90° CCW
     exif[0x0132] = f"2021:{1 + index % 12:02d}:{1 + index % 28:02d} 12:00:00"
-    canvas.save(path, "JPEG", quality=quality, exif=exif.tobytes())
+    if preview is None:
+        exif[0x0112] = orientation
+        canvas.save(path, "JPEG", quality=quality, exif=exif.tobytes())
+    else:
+        path.write_bytes(camera_jpeg(canvas, canvas.resize(preview, Image.LANCZOS), orientation=orientation,
+                                     quality=quality, exif=exif))
 
 
 def build_corpus(out: Path, jpegs: int, pngs: int, width: int = 4000, height: int = 3000,
-                 quality: int = 92, name: str = "corpus") -> tuple[Path, Path]:
-    """OUT/NAME/jpeg (the photos) and OUT/NAME/png (symlinks to a deterministic clipart sample); cached."""
+                 quality: int = 92, name: str = "corpus", preview: tuple[int, int] | None = None) -> tuple[Path, Path]:
+    """OUT/NAME/jpeg (the photos; with ``preview``, camera-like) and OUT/NAME/png (symlinks to a deterministic
+    clipart sample); cached."""
     pictures = clipart_files()
     if not pictures:
         sys.exit(f"no PNGs under {CLIPART}: install the Debian package openclipart-png")
     root = out / name
     jpeg_dir, png_dir = root / "jpeg", root / "png"
     stamp = root / "manifest.json"
-    manifest = {"version": CORPUS_VERSION, "jpegs": jpegs, "pngs": pngs, "size": [width, height], "q": quality}
+    manifest = {"version": CORPUS_VERSION, "jpegs": jpegs, "pngs": pngs, "size": [width, height], "q": quality,
+                "preview": list(preview) if preview else None}
     if stamp.is_file() and json.loads(stamp.read_text()) == manifest:
         return jpeg_dir, png_dir
     shutil.rmtree(root, ignore_errors=True)
@@ -121,7 +147,7 @@ def build_corpus(out: Path, jpegs: int, pngs: int, width: int = 4000, height: in
     png_dir.mkdir(parents=True)
     started = time.perf_counter()
     for i in range(jpegs):
-        make_photo(jpeg_dir / f"photo_{i:05d}.jpg", i, pictures, width, height, quality)
+        make_photo(jpeg_dir / f"photo_{i:05d}.jpg", i, pictures, width, height, quality, preview)
         if i % 500 == 499 or (width * height > 4e6 and i % 50 == 49):
             print(f"  corpus: {i + 1}/{jpegs} photos ({time.perf_counter() - started:.0f}s)", flush=True)
     sample = random.Random(7).sample(pictures, min(pngs, len(pictures))) if pngs >= 0 else pictures
@@ -131,25 +157,78 @@ def build_corpus(out: Path, jpegs: int, pngs: int, width: int = 4000, height: in
     return jpeg_dir, png_dir
 
 
-# -- measurements -------------------------------------------------------------------------------
+# -- what is measured ---------------------------------------------------------------------------
+
+STAND_IN_WORDS = "a photo picture of the cat dog tree house car beach mountain city night people".split()
 
 
-def measure_encoder(encoder, batch_size: int, seconds: float, autocast_dtype=None) -> dict:
-    """(a): the encoder on pre-made tensors, as the indexer calls it."""
+def stand_in_tokenizer(model: str, root: Path) -> str | None:
+    """Random weights need no download, but a SigLIP model's tokenizer does (open_clip fetches it from the Hugging
+    Face hub), so offline such a model does not load. A small stand-in trained here takes its place, in a hub cache
+    under ``root``, for this process and every process it starts: indexing embeds pictures only, and what it costs
+    does not depend on the tokenizer. Returns the hub repo it stands in for, or None (no hub tokenizer)."""
+    import open_clip
+    from huggingface_hub import constants
+
+    repo = (open_clip.get_model_config(model) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+    if not repo:
+        return None
+    cache = root / "hub"
+    # Before transformers is imported (it reads where the cache is once), and for the processes started later.
+    os.environ.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(cache), True
+    save_hf_tokenizer(hub_snapshot(cache, repo, missing=["config.json"]), STAND_IN_WORDS, vocab_size=100)
+    return repo
+
+
+@dataclass
+class Setup:
+    """One way of indexing the JPEGs: a model, its image tower's inference path, plain or camera-like files."""
+
+    model: str
+    inference: str | None  # forced (`search index --inference`), or None: the path `search index` chooses here
+    camera: bool  # the JPEGs carry a 1920×1440 MPF preview, as cameras write them
+    folder: Path | None = None  # the JPEGs (set once the corpus is built)
+    files: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str) -> Setup:
+        """MODEL:PATH:plain|camera; PATH 'chosen' for the one `search index` chooses."""
+        try:
+            model, inference, kind = text.split(":")
+        except ValueError:
+            raise SystemExit(f"--against {text!r}: expected MODEL:PATH:plain|camera") from None
+        if kind not in ("plain", "camera"):
+            raise SystemExit(f"--against {text!r}: the JPEGs are plain or camera, not {kind!r}")
+        return cls(model, None if inference == "chosen" else inference, kind == "camera")
+
+    @property
+    def index_options(self) -> list[str]:
+        return ["--inference", self.inference] if self.inference else []
+
+    def label(self, encoder) -> str:
+        how = "" if self.inference else " (chosen)"
+        return f"{self.model} on {encoder.inference}{how}, {'camera-like' if self.camera else 'plain'} JPEGs"
+
+
+def image_tower(setup: Setup, scratch: Path):
+    """(a)'s encoder: the model's image tower on the path `search index` takes for it, by the same code (the
+    forced path, else the one chosen on this machine: an ``OnnxImageEncoder`` exported beside a scratch
+    library where ONNX is chosen)."""
+    from encoders import ModelSpec, load_encoder
+    from encoders.inference import image_encoder
+
+    library = Path(tempfile.mkdtemp(dir=scratch, prefix="library-"))
+    return image_encoder(load_encoder(ModelSpec.from_options(setup.model, "none", None)), None, setup.inference,
+                         library)
+
+
+def measure_encoder(encoder, batch_size: int, seconds: float) -> dict:
+    """(a): the encoder on pre-made pictures (the model's input array), as the indexer calls it."""
     import torch
 
-    batch = torch.randn(batch_size, 3, *encoder.image_size, generator=torch.Generator().manual_seed(0))
-    encoder.encode_images(batch[:2])  # warm-up
-    done, started, cpu = 0, time.perf_counter(), cpu_seconds()
-    while done < 2 * batch_size or time.perf_counter() - started < seconds:
-        if autocast_dtype is None:
-            encoder.encode_images(batch)
-        else:
-            with torch.inference_mode(), torch.autocast("cpu", dtype=autocast_dtype):
-                encoder.model.encode_image(batch, normalize=True)
-        done += batch_size
-    wall = time.perf_counter() - started
-    return {"pictures": done, "seconds": wall, "rate": done / wall, "cpu_s_per_picture": (cpu_seconds() - cpu) / done}
+    batch = torch.randn(batch_size, 3, *encoder.image_size, generator=torch.Generator().manual_seed(0)).numpy()
+    return _timed(lambda: encoder.encode_images(batch), batch_size, seconds)
 
 
 def measure_plain_loop(files: list[str], model: str, batch_size: int, workers: int,
@@ -250,16 +329,21 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def measure_fast_paths(encoder, batch_size: int, seconds: float, which: list[str]) -> dict:
+    """``encoder`` as built (fp32 eager) against its image tower on faster CPU paths, each with its speed and
+    cosine agreement with fp32 (bf16 and ONNX are among the paths `search index` chooses from; compile and int8
+    are not)."""
     import torch
 
     x = torch.randn(batch_size, 3, *encoder.image_size, generator=torch.Generator().manual_seed(1))
     reference = encoder.encode_images(x)
     results = {"fp32": measure_encoder(encoder, batch_size, seconds)}
     if "bf16" in which:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            got = encoder.model.encode_image(x, normalize=True).float().numpy()
-        results["bf16_autocast"] = {**measure_encoder(encoder, batch_size, seconds, torch.bfloat16),
-                                    "min_cosine_vs_fp32": cosine(reference, got)}
+        def bf16():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return encoder.model.encode_image(x, normalize=True).float().numpy()
+
+        results["bf16_autocast"] = {**_timed(bf16, batch_size, seconds),
+                                    "min_cosine_vs_fp32": cosine(reference, bf16())}
     if "onnx" in which:
         results["onnxruntime"] = _measure_onnx(encoder, x, reference, seconds)
     if "compile" in which:
@@ -270,7 +354,7 @@ def measure_fast_paths(encoder, batch_size: int, seconds: float, which: list[str
 
 
 def _timed(fn, n: int, seconds: float) -> dict:
-    fn()
+    fn()  # warm-up
     done, started, cpu = 0, time.perf_counter(), cpu_seconds()
     while done < 2 * n or time.perf_counter() - started < seconds:
         fn()
@@ -280,43 +364,24 @@ def _timed(fn, n: int, seconds: float) -> dict:
 
 
 def _measure_onnx(encoder, x, reference, seconds: float) -> dict:
-    try:
-        import onnxruntime as ort
-        import torch
+    """The image tower exported and run as `search index` does on its 'onnx' path (encoders/onnx/image.py)."""
+    from encoders.onnx.export import ExportRefused
+    from encoders.onnx.image import export_image_tower
+    from encoders.onnx.runtime import onnx_available
 
-        from encoders.onnx.export import unfused_attention
-    except ImportError as e:
-        return {"skipped": f"onnxruntime not installed ({e})"}
-
-    class Visual(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, pixels):
-            return self.model.encode_image(pixels, normalize=True)
-
-    path = Path(tempfile.mkdtemp(prefix="index-bench-onnx-")) / "visual.onnx"
+    if not onnx_available(export=True):
+        return {"skipped": "the onnx and onnxruntime packages are not installed"}
+    folder = Path(tempfile.mkdtemp(prefix="index-bench-onnx-"))
     try:
         started = time.perf_counter()
-        with unfused_attention():
-            torch.onnx.export(Visual(encoder.model).eval(), (x,), str(path), input_names=["pixels"],
-                              output_names=["features"], dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}},
-                              opset_version=17, dynamo=False)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = os.cpu_count() or 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        onnx = export_image_tower(encoder, folder)
         export_s = time.perf_counter() - started
-        feed = {"pixels": x.numpy()}
-        got = session.run(None, feed)[0]
-        result = _timed(lambda: session.run(None, feed), len(x), seconds)
-        return {**result, "min_cosine_vs_fp32": cosine(reference, got), "export_seconds": export_s,
-                "onnxruntime": ort.__version__}
-    except Exception as e:
-        return {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        return {**measure_encoder(onnx, len(x), seconds), "export_seconds": export_s,
+                "min_cosine_vs_fp32": cosine(reference, onnx.encode_images(x.numpy()))}
+    except ExportRefused as e:
+        return {"skipped": str(e)}
     finally:
-        shutil.rmtree(path.parent, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _measure_compile(encoder, x, reference, seconds: float) -> dict:
@@ -364,15 +429,10 @@ def _measure_int8(encoder, x, reference, seconds: float) -> dict:
 def machine() -> dict:
     import torch
 
-    model_name = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model_name, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+    from encoders.inference import cpu_flags, cpu_model
+
+    return {"cpu": cpu_model(), "bf16_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"}),
+            "summary": cpu_summary(), "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg(),
             "python": sys.version.split()[0]}
 
@@ -389,37 +449,52 @@ def fmt(result: dict) -> str:
     return text
 
 
-def measure_speed(encoder, jpegs: list[str], jpeg_dir: Path, args, cores: int) -> dict:
+def measure_speed(setups: list[Setup], encoders: list, args, cores: int) -> dict:
     """(a), (b), (c) on the JPEGs, in rounds: a shared 2-core VM drifts by tens of percent within minutes
     (the same (a) measured 10.6 and 14.2 pictures/s two minutes apart), so each round's (b) and (c) run
     back to back between two (a) measurements and are compared with those; the summary is the median
-    of the rounds' ratios, every round is printed and kept."""
+    of the rounds' ratios, every round is printed and kept. With a second setup (--against), its (c') runs
+    right after (c) in every round, compared with its own (a') and with (c)."""
+    main = setups[0]
+    marks = ["", "'"]
     rounds = []
-    a_before = measure_encoder(encoder, args.batch_size, args.encoder_seconds)
-    print(f"(a) encoder alone        {fmt(a_before)}", flush=True)
+    a_before = [measure_encoder(encoder, args.batch_size, args.encoder_seconds) for encoder in encoders]
+    for mark, a in zip(marks, a_before, strict=False):
+        print(f"(a{mark}) encoder alone       {fmt(a)}", flush=True)
     for number in range(1, args.rounds + 1):
-        b = measure_plain_loop(jpegs, args.model, args.batch_size, cores)
+        load = os.getloadavg()[0]
+        b = measure_plain_loop(main.files, main.model, args.batch_size, cores)
         print(f"(b) plain open_clip loop {fmt(b)}", flush=True)
         if args.passive_baseline:
-            b_passive = measure_plain_loop(jpegs, args.model, args.batch_size, cores, omp_wait_policy="PASSIVE")
+            b_passive = measure_plain_loop(main.files, main.model, args.batch_size, cores, omp_wait_policy="PASSIVE")
             print(f"(b') the same, PASSIVE   {fmt(b_passive)}", flush=True)
-        c = measure_search_index(jpeg_dir, args.model)
-        print(f"(c) search index         {fmt(c)}", flush=True)
-        a_after = measure_encoder(encoder, args.batch_size, args.encoder_seconds)
-        print(f"(a) encoder alone        {fmt(a_after)}", flush=True)
-        a_rate = (a_before["rate"] + a_after["rate"]) / 2
-        a_cpu = (a_before["cpu_s_per_picture"] + a_after["cpu_s_per_picture"]) / 2
-        rounds.append({"a": [a_before, a_after], "b": b, "c": c, "c_over_a": c["rate"] / a_rate,
-                       "c_over_b": c["rate"] / b["rate"], "cpu_a_over_c": a_cpu / c["cpu_s_per_picture"]})
-        passive = ""
+        c = []
+        for mark, setup in zip(marks, setups, strict=False):
+            c.append(measure_search_index(setup.folder, setup.model, setup.index_options))
+            print(f"(c{mark}) search index       {fmt(c[-1])}", flush=True)
+        a_after = [measure_encoder(encoder, args.batch_size, args.encoder_seconds) for encoder in encoders]
+        for mark, a in zip(marks, a_after, strict=False):
+            print(f"(a{mark}) encoder alone       {fmt(a)}", flush=True)
+        a_rate = [(before["rate"] + after["rate"]) / 2 for before, after in zip(a_before, a_after, strict=True)]
+        a_cpu = (a_before[0]["cpu_s_per_picture"] + a_after[0]["cpu_s_per_picture"]) / 2
+        rounds.append({"a": [a_before, a_after], "b": b, "c": c, "c_over_a": c[0]["rate"] / a_rate[0],
+                       "c_over_b": c[0]["rate"] / b["rate"], "cpu_a_over_c": a_cpu / c[0]["cpu_s_per_picture"],
+                       "load_at_start": load})
+        extra = ""
         if args.passive_baseline:
-            rounds[-1] |= {"b_passive": b_passive, "c_over_b_passive": c["rate"] / b_passive["rate"]}
-            passive = f", (c)/(b') = {rounds[-1]['c_over_b_passive']:.2f}"
+            rounds[-1] |= {"b_passive": b_passive, "c_over_b_passive": c[0]["rate"] / b_passive["rate"]}
+            extra = f", (c)/(b') = {rounds[-1]['c_over_b_passive']:.2f}"
+        if len(setups) > 1:
+            rounds[-1] |= {"against_c_over_a": c[1]["rate"] / a_rate[1],
+                           "c_over_against_c": c[0]["rate"] / c[1]["rate"]}
+            extra += (f", (c')/(a') = {rounds[-1]['against_c_over_a']:.2f}, "
+                      f"(c)/(c') = {rounds[-1]['c_over_against_c']:.2f}")
         print(f"round {number}: (c)/(a) = {rounds[-1]['c_over_a']:.2f}, (c)/(b) = {rounds[-1]['c_over_b']:.2f}"
-              f"{passive}, CPU per picture (a)/(c) = {rounds[-1]['cpu_a_over_c']:.2f} ((c)'s decode workers: "
-              f"{c['decode_cpu_s_per_picture'] * 1000:.0f} ms)", flush=True)
+              f"{extra}, CPU per picture (a)/(c) = {rounds[-1]['cpu_a_over_c']:.2f} ((c)'s decode workers: "
+              f"{c[0]['decode_cpu_s_per_picture'] * 1000:.0f} ms); load {load:.2f} at its start", flush=True)
         a_before = a_after
-    keys = ["c_over_a", "c_over_b", "cpu_a_over_c"] + (["c_over_b_passive"] if args.passive_baseline else [])
+    keys = [key for key in ("c_over_a", "c_over_b", "cpu_a_over_c", "c_over_b_passive", "against_c_over_a",
+                            "c_over_against_c") if key in rounds[0]]
     summary = {key: float(np.median([r[key] for r in rounds])) for key in keys}
     print(f"JPEGs, median of {len(rounds)} rounds: (c)/(a) = {summary['c_over_a']:.2f} (target ≥ 0.85), "
           f"(c)/(b) = {summary['c_over_b']:.2f} (target ≥ 2); CPU per picture (a)/(c) = "
@@ -427,15 +502,27 @@ def measure_speed(encoder, jpegs: list[str], jpeg_dir: Path, args, cores: int) -
     if args.passive_baseline:
         print(f"  with our OpenMP setting given to the plain loop: (c)/(b') = {summary['c_over_b_passive']:.2f}",
               flush=True)
+    if len(setups) > 1:
+        print(f"  against {setups[1].label(encoders[1])}: (c')/(a') = {summary['against_c_over_a']:.2f}; pipeline "
+              f"pictures/s (c)/(c') = {summary['c_over_against_c']:.2f} (issue 16's target ≥ 2)", flush=True)
     return {"rounds": rounds, **summary}
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
+    from encoders.spec import DEFAULT_MODEL
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "out" / "index")
     parser.add_argument("--jpegs", type=int, default=300, help="12 MP photo-like JPEGs to build and index")
+    parser.add_argument("--camera", action="store_true",
+                        help="the JPEGs carry a 1920×1440 MPF preview, as cameras write them (the decoder uses it)")
     parser.add_argument("--pngs", type=int, default=300, help="openclipart PNGs to index (-1: the whole folder)")
-    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--inference", help="force this image tower path, in (a) and (c) (`search index "
+                                            "--inference`); default: the one `search index` chooses here")
+    parser.add_argument("--against", metavar="MODEL:PATH:plain|camera", type=Setup.parse,
+                        help="also index with this model, path ('chosen': as `search index` chooses) and JPEGs in "
+                             "every round, and compare: e.g. ViT-B-32:fp32-eager:plain, the default before issue 16")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--encoder-seconds", type=float, default=20.0, help="length of each (a) measurement")
     parser.add_argument("--rounds", type=int, default=5, help="(a) (b) (c) rounds on the JPEGs; the median counts")
@@ -450,12 +537,12 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def measure_pngs(png_dir: Path, args, cores: int) -> dict:
+def measure_pngs(setup: Setup, png_dir: Path, args, cores: int) -> dict:
     """The openclipart PNGs: (b) the plain loop against (c) `search index`."""
     pngs = sorted(str(p) for p in png_dir.iterdir())
-    b = measure_plain_loop(pngs, args.model, args.batch_size, cores)
+    b = measure_plain_loop(pngs, setup.model, args.batch_size, cores)
     print(f"PNG (b) plain loop       {fmt(b)}", flush=True)
-    c = measure_search_index(png_dir, args.model)
+    c = measure_search_index(png_dir, setup.model, setup.index_options)
     print(f"PNG (c) search index     {fmt(c)}", flush=True)
     png = {"b": b, "c": c, "c_over_b": c["rate"] / b["rate"]}
     print(f"PNGs: (c)/(b) = {png['c_over_b']:.2f}", flush=True)
@@ -478,36 +565,80 @@ def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     skip = set(filter(None, args.skip.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
-    import torch
+    scratch = Path(tempfile.mkdtemp(prefix="index-bench-"))
+    # The path choice is measured once in this run (in (a)'s process) and every `search index` run takes it from
+    # this cache, as a user's runs take theirs: (a) and (c) run the same path.
+    os.environ["XDG_CACHE_HOME"] = str(scratch / "cache")
+    try:
+        return run(args, skip, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
+
+def path_choices() -> list[dict]:
+    """This run's cached path choices (encoders/inference.py): one per model, made in (a)'s process, unless a
+    `search index` run did not find it and measured again."""
+    from encoders.inference import cache_file
+
+    try:
+        entries = json.loads(cache_file().read_text())
+    except OSError:  # every path was forced: nothing chosen
+        return []
+    return [{key: entry[key] for key in ("architecture", "path", "images_per_second", "kept")}
+            for entry in entries.values()]
+
+
+def run(args, skip: set[str], scratch: Path) -> int:
     from encoders import ModelSpec, load_encoder
 
     result: dict = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
     print(f"machine: {result['machine']}", flush=True)
-    jpeg_dir, png_dir = build_corpus(args.out, args.jpegs, args.pngs)
-    jpegs = sorted(str(p) for p in jpeg_dir.iterdir())
-    sizes = [os.path.getsize(p) for p in jpegs]
-    print(f"corpus: {len(jpegs)} JPEGs 4000×3000 (mean {np.mean(sizes) / 2**20:.1f} MB), "
-          f"{len(os.listdir(png_dir))} PNGs", flush=True)
-    result["corpus"] = {"jpegs": len(jpegs), "mean_jpeg_mb": float(np.mean(sizes) / 2**20),
-                        "pngs": len(os.listdir(png_dir))}
-    encoder = load_encoder(ModelSpec.from_options(args.model, "none", None))
+    setups = [Setup(args.model, args.inference, args.camera), *([args.against] if args.against else [])]
+    stand_ins = {repo for setup in setups if (repo := stand_in_tokenizer(setup.model, scratch))}
+    print(f"models: random weights{', a stand-in tokenizer for ' + ', '.join(sorted(stand_ins)) if stand_ins else ''}"
+          ": the image path's cost does not depend on them", flush=True)
+    result["stand_in_tokenizers"] = sorted(stand_ins)
+    corpora = {camera: build_corpus(args.out, args.jpegs, args.pngs, name="corpus-camera" if camera else "corpus",
+                                    preview=PREVIEW if camera else None)
+               for camera in sorted({setup.camera for setup in setups})}
+    for setup in setups:
+        setup.folder = corpora[setup.camera][0]
+        setup.files = sorted(str(p) for p in setup.folder.iterdir())
+    png_dir = corpora[setups[0].camera][1]
+    result["corpus"] = {}
+    for camera, (jpeg_dir, _) in corpora.items():
+        sizes = [os.path.getsize(p) for p in jpeg_dir.iterdir()]
+        kind = "camera-like (1920×1440 MPF preview)" if camera else "plain"
+        print(f"corpus: {len(sizes)} {kind} JPEGs 4000×3000 (mean {np.mean(sizes) / 2**20:.1f} MB), "
+              f"{len(os.listdir(png_dir))} PNGs", flush=True)
+        result["corpus"]["camera" if camera else "plain"] = {"jpegs": len(sizes),
+                                                             "mean_jpeg_mb": float(np.mean(sizes) / 2**20)}
     cores = len(os.sched_getaffinity(0))
-    if "speed" not in skip:
-        result["jpeg"] = measure_speed(encoder, jpegs, jpeg_dir, args, cores)
-    if "png" not in skip:
-        result["png"] = measure_pngs(png_dir, args, cores)
+    if "speed" not in skip or "png" not in skip:
+        encoders = [image_tower(setup, scratch) for setup in setups]
+        result["setups"] = [setup.label(encoder) for setup, encoder in zip(setups, encoders, strict=True)]
+        for mark, label in zip(["(c), (a)", "(c'), (a')"], result["setups"], strict=False):
+            print(f"{mark}: {label}", flush=True)
+        if "speed" not in skip:
+            result["jpeg"] = measure_speed(setups, encoders, args, cores)
+        if "png" not in skip:
+            result["png"] = measure_pngs(setups[0], png_dir, args, cores)
+        del encoders
+        result["path_choices"] = path_choices()
+        for choice in result["path_choices"]:
+            print(f"path choice: {choice['architecture']} → {choice['path']} (probe pictures/s "
+                  f"{choice['images_per_second']}, within the bound: {', '.join(choice['kept'])})", flush=True)
     if "fast" not in skip and args.fast_paths:
-        fast = measure_fast_paths(encoder, args.batch_size, args.encoder_seconds, args.fast_paths.split(","))
+        as_built = load_encoder(ModelSpec.from_options(args.model, "none", None))
+        fast = measure_fast_paths(as_built, args.batch_size, args.encoder_seconds, args.fast_paths.split(","))
         result["fast_paths"] = fast
         for name, value in fast.items():
             print(f"fast path {name:14s} {fmt(value)}", flush=True)
     if "memory" not in skip:
         result["memory"] = measure_memory(args)
+    result["load_average_at_end"] = os.getloadavg()
     (args.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    print(f"results: {args.out / 'result.json'}; corpus digest "
-          f"{hashlib.blake2b(''.join(jpegs).encode(), digest_size=6).hexdigest()}")
-    del torch
+    print(f"results: {args.out / 'result.json'}; load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 
 

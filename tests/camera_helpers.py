@@ -22,9 +22,12 @@ def set_mp_entry(data: bytes, index: int, mptype: int = FULL_HD_PREVIEW, size: i
     return data[:start] + new + data[start + len(new):]
 
 
-def camera_jpeg(picture: Image.Image, *previews: Image.Image, orientation: int = 1, quality: int = 90) -> bytes:
-    """A JPEG as cameras write them: the picture, then its previews in MPF (Multi-Picture Format)."""
-    exif = Image.Exif()
+def camera_jpeg(picture: Image.Image, *previews: Image.Image, orientation: int = 1, quality: int = 90,
+                exif: Image.Exif | None = None) -> bytes:
+    """A JPEG as cameras write them: the picture, then its previews in MPF (Multi-Picture Format).
+
+    ``exif``: further tags it carries (a date), besides the orientation."""
+    exif = Image.Exif() if exif is None else exif
     exif[0x0112] = orientation
     out = io.BytesIO()
     picture.save(out, format="MPO", save_all=True, append_images=list(previews), exif=exif.tobytes(),
