@@ -187,6 +187,39 @@ def test_an_unused_siglip_bias_is_frozen(corpus, tmp_path):
     assert build_model(_config(**common, loss="siglip"), torch.device("cpu")).model.logit_bias.requires_grad
 
 
+def test_the_loss_is_the_models_own_unless_asked(corpus, tmp_path):
+    """No --loss: a model with a logit bias (SigLIP's family) fine-tunes with the sigmoid loss it was trained with,
+    others with the softmax one; --loss decides where given; smoothing the sigmoid loss's targets is refused."""
+    import time
+
+    from open_clip.loss import SigLipLoss
+
+    from train.checkpoint import export_model
+    from train.distributed import Dist
+    from train.errors import TrainConfigError
+    from train.loop import Run
+    from train.loss import SmoothedClipLoss
+
+    export_model(_fresh_tiny(init_logit_bias=-10.0), {**_tiny_cfg(), "init_logit_bias": -10.0}, "clipsearch-tiny",
+                 tmp_path / "biased")
+
+    def set_up(name: str, **kwargs) -> Run:
+        run = Run(_config(data=[str(corpus)], output=str(tmp_path / name), epochs=1, **kwargs), Dist(),
+                  time.monotonic())
+        run.setup()
+        return run
+
+    siglip = set_up("siglip", checkpoint=str(tmp_path / "biased"))
+    assert siglip.cfg.loss == "siglip" and isinstance(siglip.loss_fn, SigLipLoss)
+    assert siglip.model.logit_bias.requires_grad
+    plain = set_up("plain", model="clipsearch-tiny")
+    assert plain.cfg.loss == "clip" and isinstance(plain.loss_fn, SmoothedClipLoss)
+    asked = set_up("asked", checkpoint=str(tmp_path / "biased"), loss="clip")
+    assert asked.cfg.loss == "clip" and not asked.model.logit_bias.requires_grad
+    with pytest.raises(TrainConfigError, match="--label-smoothing"):
+        set_up("smoothed", checkpoint=str(tmp_path / "biased"), label_smoothing=0.1)
+
+
 def test_tf32_only_on_cuda():
     """The flags are process settings, readable without a GPU; the CUDA path is chosen by the device alone."""
     from train.loop import enable_tf32

@@ -54,7 +54,8 @@ def train_command(
     lock_image_unlocked_groups: int = typer.Option(0, "--lock-image-unlocked-groups"),
     lock_text: bool = typer.Option(False, "--lock-text"),
     lock_text_unlocked_layers: int = typer.Option(0, "--lock-text-unlocked-layers"),
-    loss: str = typer.Option("clip", "--loss", help="clip|siglip"),
+    loss: str | None = typer.Option(None, "--loss", help="clip|siglip (default: the model's own, siglip for a "
+                                    "model with a logit bias: SigLIP, SigLIP 2; clip otherwise)."),
     crop_scale: float = typer.Option(0.6, "--crop-scale", help="Augmentation: random crops of this much to all of "
                                      "a picture's area (1: none, each picture as the indexer prepares it)."),
     label_smoothing: float | None = typer.Option(None, "--label-smoothing", help="Of the softmax loss's targets "

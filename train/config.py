@@ -37,7 +37,7 @@ class TrainConfig:
     lock_image_unlocked_groups: int = 0
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
-    loss: str = "clip"
+    loss: str | None = None         # None: the model's own (train.model.model_loss): siglip for SigLIP models
     crop_scale: float = 0.6        # random crops of crop_scale..1 of the area (1: none); see BENCHMARKS.md
     label_smoothing: float | None = None  # of the softmax loss's targets (None: DEFAULT_LABEL_SMOOTHING; siglip 0)
     init_temperature: float | None = None  # from scratch: the softmax temperature to start at (None: CLIP's 0.07)
@@ -82,13 +82,13 @@ class TrainConfig:
             problems.append("give either --val-data or --val-fraction, not both")
         if self.precision is not None and self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        if self.loss not in LOSSES:
+        if self.loss is not None and self.loss not in LOSSES:
             problems.append(f"--loss must be one of {', '.join(LOSSES)} (got {self.loss!r})")
         if not 0.0 < self.crop_scale <= 1.0:
             problems.append(f"--crop-scale must be in (0, 1] (got {self.crop_scale})")
         if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
             problems.append(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
-        if self.label_smoothing and self.loss != "clip":
+        if self.label_smoothing and self.loss == "siglip":
             problems.append("--label-smoothing applies to --loss clip only")
         if self.init_temperature is not None and not 0.0 < self.init_temperature <= 1.0:
             problems.append(f"--init-temperature must be in (0, 1] (got {self.init_temperature})")

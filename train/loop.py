@@ -38,7 +38,7 @@ from .fastpath import PATHS, StepPath, cpu_path, to_channels_last, wants_channel
 from .images import ModelPictures, TrainPictures
 from .loss import make_loss
 from .metrics import MetricsLog, plot_curves
-from .model import TrainingTowers, apply_locks, build_model, check_model_name, default_model
+from .model import TrainingTowers, apply_locks, build_model, check_model_name, default_model, model_loss
 from .optim import WarmupCosine, make_optimizer, warmup_steps
 from .resume import check_target, gather_rank_states, load_resume, restore
 from .step import accumulate_gradients, optimizer_step, unwrap
@@ -139,6 +139,9 @@ class Run:
     def setup(self) -> None:
         cfg, d = self.cfg, self.d
         cfg.model, cfg.pretrained = default_model(cfg.model, cfg.pretrained, cfg.checkpoint)
+        if cfg.loss is None:
+            cfg.loss = model_loss(cfg)
+            cfg.validate()  # the checks that depend on the loss
         if cfg.lr is None:
             cfg.lr = LR_FINETUNE if cfg.from_weights else LR_SCRATCH
         if cfg.epochs is None and not cfg.time_budget:

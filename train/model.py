@@ -131,6 +131,20 @@ def _source(cfg: TrainConfig) -> tuple[str, str]:
     return cfg.model, cfg.model
 
 
+def model_loss(cfg: TrainConfig) -> str:
+    """The loss the model was made for: SigLIP's sigmoid loss for a model whose config has a logit bias (SigLIP,
+    SigLIP 2, and what this trainer exports from them), CLIP's softmax loss otherwise. Fine-tuning a SigLIP model
+    with the softmax loss leaves its bias unused and moves its scores away from what its threshold-free sigmoid
+    was trained to give."""
+    from encoders import ModelError, model_config
+
+    name, _ = _source(cfg)
+    try:
+        return "siglip" if "init_logit_bias" in model_config(name, cfg.pretrained) else "clip"
+    except ModelError as e:
+        raise TrainConfigError(str(e)) from e
+
+
 def _load(cfg: TrainConfig, name: str, device: torch.device):
     """(model, tokenizer) with each parameter's ``requires_grad`` as the architecture set it."""
     import open_clip
