@@ -4,13 +4,16 @@ beside their published zero-shot ImageNet and COCO retrieval figures.
     python bench/model_bench.py                       # every candidate, batch 16, best of 3
     python bench/model_bench.py --models ViT-B-32 MobileCLIP2-S0 --batch 32 --runs 5
 
-Random weights (speed does not depend on them; nothing is downloaded). Each model runs in a process of its own, so
-its peak memory (ru_maxrss: the model, its paths' copies, a batch) is its own. For each model:
+Random weights (speed does not depend on them; nothing is downloaded) and, for SigLIP models, a stand-in tokenizer
+(bench/index_bench.py: their real one comes from the hub; the image tower does not use it). Each model runs in a
+process of its own, so its peak memory (ru_maxrss: the model, its paths' copies and export, a batch) is its own.
+For each model:
 
 - image tower img/s and CPU ms per picture on every inference path the tower can take here (encoders/inference.py),
-  each with its agreement with fp32-eager on the probe batch (min cosine, same top-10); on a CPU without native
-  bf16, plain bf16 autocast is measured too (its combinations with the other steps only where it is native: it is
-  emulated here, slowly);
+  the ONNX export included (exported and checked as `search index` exports it beside a library), each with its
+  agreement with fp32-eager on the probe batch (min cosine, same top-10); on a CPU without native bf16, plain bf16
+  autocast is measured too (its combinations with the other steps only where it is native: it is emulated here,
+  slowly);
 - the path this machine would choose (bf16 offered only with native AVX512-BF16/AMX), and its speed-up over
   fp32-eager, measured in the same process;
 - text tower ms per query (one query of random token ids at the model's context length: SigLIP2's tokenizers need
@@ -27,14 +30,16 @@ import importlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 OPENCLIP = "open_clip docs/openclip_results.csv + openclip_retrieval_results.csv @89fb801"
 MOBILECLIP = "apple/ml-mobileclip results/*.jsonl @4144bb1"
@@ -68,16 +73,35 @@ def _best_seconds(run, runs: int) -> tuple[float, float]:
     return wall, cpu
 
 
+def _exported(encoder, folder: Path):
+    """(the image tower exported, checked and opened as `search index` does beside a library, None) or (None, why
+    not)."""
+    from encoders.onnx.export import ExportRefused
+    from encoders.onnx.image import export_image_tower
+    from encoders.onnx.runtime import onnx_available
+
+    if not onnx_available(export=True):
+        return None, "the onnx and onnxruntime packages are not installed"
+    try:
+        return export_image_tower(encoder, folder), None
+    except ExportRefused as e:
+        return None, str(e)
+
+
 def measure_model(name: str, batch: int, runs: int) -> dict:
     """In this process: one model's paths, text tower and peak memory."""
     importlib.import_module("encoders.encoder")  # first: it sets OpenMP's passive waiting, as every command runs
     import open_clip
     import torch
+    from index_bench import stand_in_tokenizer
 
-    from encoders import inference
+    from encoders import ModelSpec, inference, load_encoder
 
+    scratch = Path(tempfile.mkdtemp(prefix="model-bench-"))
+    stand_in_tokenizer(name, scratch)
     torch.manual_seed(0)
-    model = open_clip.create_model(name).eval().requires_grad_(False)
+    encoder = load_encoder(ModelSpec(name, "none"), device="cpu")
+    model = encoder.model.requires_grad_(False)
     visual = model.visual
     size = visual.image_size if isinstance(visual.image_size, (tuple, list)) else (visual.image_size,) * 2
     probes = inference.probe_batch(tuple(size), batch)
@@ -94,8 +118,16 @@ def measure_model(name: str, batch: int, runs: int) -> dict:
         trials.append(inference.Trial(path.name, batch / seconds, inference.agreement(reference, vectors),
                                       cpu_ms[path.name]))
         del tower
-    offered = {p.name for p in inference.candidates(visual)}  # what this CPU would choose among
-    chosen = inference.choose([t for t in trials if t.path in offered])
+    onnx, onnx_refused = _exported(encoder, scratch)
+    if onnx is not None:
+        pixels = probes.numpy()
+        seconds, cpu = _best_seconds(partial(onnx.encode_images, pixels), runs)
+        cpu_ms[inference.ONNX] = 1000 * cpu / batch
+        agrees = inference.agreement(reference, onnx.encode_images(pixels))
+        trials.append(inference.Trial(inference.ONNX, batch / seconds, agrees, cpu_ms[inference.ONNX]))
+    shutil.rmtree(scratch, ignore_errors=True)
+    offered = {p.name for p in inference.candidates(visual)} | {inference.ONNX}  # what this CPU would choose among
+    chosen = inference.choose([t for t in trials if t.path in offered], onnx=onnx is not None)
     config = open_clip.get_model_config(name)["text_cfg"]
     tokens = torch.randint(1, config.get("vocab_size", 49408) - 1, (1, config.get("context_length", 77)))
     with torch.inference_mode():
@@ -104,7 +136,7 @@ def measure_model(name: str, batch: int, runs: int) -> dict:
     return {"model": name, "image_size": list(size), "chosen": chosen,
             "chosen_images_per_second": next(t.images_per_second for t in trials if t.path == chosen),
             "eager_images_per_second": eager, "text_ms": text_ms, "chosen_cpu_ms_per_image": cpu_ms[chosen],
-            "eager_cpu_ms_per_image": cpu_ms[inference.EAGER],
+            "eager_cpu_ms_per_image": cpu_ms[inference.EAGER], "onnx_refused": onnx_refused,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "paths": {t.path: {"images_per_second": round(t.images_per_second, 2),
                                "cpu_ms_per_image": round(cpu_ms[t.path], 1),
