@@ -251,15 +251,16 @@ def test_a_measured_fp32_run_is_the_forced_fp32_run_bit_for_bit(corpus, tmp_path
     assert forced.keys() == chosen.keys() and all(torch.equal(forced[k], chosen[k]) for k in forced)
 
 
-def test_channels_last_for_convolutional_towers_only():
+def test_channels_last_for_convolutional_towers_on_a_gpu_only():
     import open_clip
 
     import encoders.loader  # noqa: F401  (registers clipsearch-tiny with open_clip)
     from train.fastpath import to_channels_last, wants_channels_last
 
-    assert not wants_channels_last(open_clip.create_model("clipsearch-tiny"))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not wants_channels_last(open_clip.create_model("clipsearch-tiny"), cuda)
     resnet = _resnet_holder()
-    assert wants_channels_last(resnet)
+    assert wants_channels_last(resnet, cuda) and not wants_channels_last(resnet, cpu)
     to_channels_last(resnet)
     assert resnet.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 

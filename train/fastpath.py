@@ -8,8 +8,11 @@
   bf16 backward is 6x slower than fp32's on clipsearch-tiny's short sequences, while on ViT-B-32 it is the faster
   of the two (BENCHMARKS.md, "Figures behind choices in the code", training). bf16 is taken when it beats fp32
   by ``MIN_GAIN``. The loss is computed in fp32 under any of them (``train.loss.contrastive_loss``).
-- Channels-last memory for convolutional towers (their convolutions' fast layout on CPUs and GPUs); a ViT's
-  one convolution, the patch embedding, gains nothing from it.
+- Channels-last memory for convolutional towers on a GPU (cuDNN's fast layout); a ViT's one convolution, the
+  patch embedding, gains nothing from it. Not on a CPU: there it is a wash (MobileCLIP2-S0's and ConvNeXt-B's tower
+  steps within 5 % either way, run to run) and PyTorch 2.14's oneDNN crashes in the backward pass of a strided 1×1
+  convolution over a picture's 3 channels in that layout on AVX2 CPUs (FastViT's stem; BENCHMARKS.md,
+  "Figures behind choices in the code", training).
 - Re-parameterisation (MobileOne/FastViT branches folded into one convolution) is an inference-only rewrite:
   a folded model trains as a different model and no longer matches its config, so training keeps the branches.
 """
@@ -98,8 +101,6 @@ def probe_inputs(built, towers, batch_size: int) -> tuple[torch.Tensor, torch.Te
     out as the run lays out its batches."""
     n = min(batch_size, PROBE_BATCH)
     images, texts = probe_batch(built.image_size, n), built.tokenizer([PROBE_CAPTION] * n)
-    if wants_channels_last(built.model):
-        images = images.contiguous(memory_format=torch.channels_last)
     return images, trim_tokens(texts) if towers.trims_text else texts
 
 
@@ -135,8 +136,8 @@ def transformer_image_tower(model: torch.nn.Module) -> bool:
     return isinstance(visual, VisionTransformer) or "VisionTransformer" in trunk or trunk.startswith("Eva")
 
 
-def wants_channels_last(model: torch.nn.Module) -> bool:
-    return not transformer_image_tower(model)
+def wants_channels_last(model: torch.nn.Module, device: torch.device) -> bool:
+    return device.type == "cuda" and not transformer_image_tower(model)
 
 
 def to_channels_last(model: torch.nn.Module) -> None:

@@ -167,7 +167,7 @@ class Run:
         built = self.built = build_model(cfg, d.device)
         self.model = built.model
         self.model.output_dict = True
-        self.channels_last = wants_channels_last(self.model)
+        self.channels_last = wants_channels_last(self.model, d.device)
         if self.channels_last:
             to_channels_last(self.model)
         apply_locks(self.model, cfg)
