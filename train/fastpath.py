@@ -97,8 +97,8 @@ def measure(towers: torch.nn.Module, loss_kind: str, images: torch.Tensor, texts
 
 
 def probe_inputs(built, towers, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The indexer's fixed picture-like probes at the model's input size, and one caption for every picture, laid
-    out as the run lays out its batches."""
+    """The indexer's fixed picture-like probes at the model's input size, and one caption for every picture, trimmed
+    as the run trims its batches."""
     n = min(batch_size, PROBE_BATCH)
     images, texts = probe_batch(built.image_size, n), built.tokenizer([PROBE_CAPTION] * n)
     return images, trim_tokens(texts) if towers.trims_text else texts
