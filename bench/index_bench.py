@@ -363,23 +363,32 @@ def _timed(fn, n: int, seconds: float) -> dict:
     return {"pictures": done, "seconds": wall, "rate": done / wall, "cpu_s_per_picture": (cpu_seconds() - cpu) / done}
 
 
-def _measure_onnx(encoder, x, reference, seconds: float) -> dict:
-    """The image tower exported and run as `search index` does on its 'onnx' path (encoders/onnx/image.py)."""
+def export_onnx(encoder, folder: Path):
+    """(the image tower exported into ``folder``, checked and opened as `search index` does beside a library, None),
+    or (None, why not)."""
     from encoders.onnx.export import ExportRefused
     from encoders.onnx.image import export_image_tower
     from encoders.onnx.runtime import onnx_available
 
     if not onnx_available(export=True):
-        return {"skipped": "the onnx and onnxruntime packages are not installed"}
+        return None, "the onnx and onnxruntime packages are not installed"
+    try:
+        return export_image_tower(encoder, folder), None
+    except ExportRefused as e:
+        return None, str(e)
+
+
+def _measure_onnx(encoder, x, reference, seconds: float) -> dict:
+    """The image tower exported and run as `search index` does on its 'onnx' path (encoders/onnx/image.py)."""
     folder = Path(tempfile.mkdtemp(prefix="index-bench-onnx-"))
     try:
         started = time.perf_counter()
-        onnx = export_image_tower(encoder, folder)
+        onnx, refused = export_onnx(encoder, folder)
         export_s = time.perf_counter() - started
+        if onnx is None:
+            return {"skipped": refused}
         return {**measure_encoder(onnx, len(x), seconds), "export_seconds": export_s,
                 "min_cosine_vs_fp32": cosine(reference, onnx.encode_images(x.numpy()))}
-    except ExportRefused as e:
-        return {"skipped": str(e)}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -73,27 +73,12 @@ def _best_seconds(run, runs: int) -> tuple[float, float]:
     return wall, cpu
 
 
-def _exported(encoder, folder: Path):
-    """(the image tower exported, checked and opened as `search index` does beside a library, None) or (None, why
-    not)."""
-    from encoders.onnx.export import ExportRefused
-    from encoders.onnx.image import export_image_tower
-    from encoders.onnx.runtime import onnx_available
-
-    if not onnx_available(export=True):
-        return None, "the onnx and onnxruntime packages are not installed"
-    try:
-        return export_image_tower(encoder, folder), None
-    except ExportRefused as e:
-        return None, str(e)
-
-
 def measure_model(name: str, batch: int, runs: int) -> dict:
     """In this process: one model's paths, text tower and peak memory."""
     importlib.import_module("encoders.encoder")  # first: it sets OpenMP's passive waiting, as every command runs
     import open_clip
     import torch
-    from index_bench import stand_in_tokenizer
+    from index_bench import export_onnx, stand_in_tokenizer
 
     from encoders import ModelSpec, inference, load_encoder
 
@@ -118,7 +103,7 @@ def measure_model(name: str, batch: int, runs: int) -> dict:
         trials.append(inference.Trial(path.name, batch / seconds, inference.agreement(reference, vectors),
                                       cpu_ms[path.name]))
         del tower
-    onnx, onnx_refused = _exported(encoder, scratch)
+    onnx, onnx_refused = export_onnx(encoder, scratch)
     if onnx is not None:
         pixels = probes.numpy()
         seconds, cpu = _best_seconds(partial(onnx.encode_images, pixels), runs)
