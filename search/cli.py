@@ -449,12 +449,14 @@ def tag(
     Running it again with the same labels classifies only pictures added or changed since.
     """
     import indexer
-    from encoders import PAPER_TEMPLATES, load_encoder, load_templates
+    from encoders import PAPER_TEMPLATES, load_templates
     from search.tools import parse_labels, tag_pictures
 
     label_list = parse_labels(labels, labels_file)
     template_list = load_templates(templates) if templates is not None else PAPER_TEMPLATES
     lib = indexer.Library.open(resolve_library_dir(library), database=database)
+    from encoders import load_encoder  # torch and open_clip (~10 s on a slow CPU): only once the inputs are good
+
     encoder = load_encoder(lib.model_spec())
     summary = tag_pictures(lib, encoder, label_list, template_list, min_confidence)
     if json_output:

@@ -7,15 +7,19 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from encoders import PAPER_TEMPLATES, ClipEncoder
+from encoders import PAPER_TEMPLATES
 from encoders.files import read_text_entries
 from indexer import Library, LibraryError
 
 from .output import json_bytes
 from .terms import TermError, check_text
+
+if TYPE_CHECKING:  # it imports torch, which duplicates, remove, export and checking labels do without
+    from encoders import ClipEncoder
 
 # -- duplicates ---------------------------------------------------------------------------------
 

@@ -126,6 +126,17 @@ def test_a_good_templates_file_still_works_without_torch(library, lib):
     assert lib.unchanged()
 
 
+def test_bad_labels_are_refused_before_the_model_loads(library, lib):
+    """Checking the inputs costs milliseconds; loading torch and the model, seconds: the refusal comes first."""
+    code = ("import sys; sys.argv = ['search', 'tag', '--labels-file', '/dev/zero', '--library', sys.argv[1]]\n"
+            "from search.cli import app\ntry:\n    app()\nexcept SystemExit as e:\n    code = e.code\n"
+            "assert code == 2 and 'torch' not in sys.modules and 'open_clip' not in sys.modules, code\n")
+    result = subprocess.run([sys.executable, "-c", code, str(lib.folder)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "not a regular file" in result.stderr and lib.unchanged()
+
+
 def test_trainer_templates_file_is_bounded_too(library):
     """The trainer (`search train/eval --templates`) reads templates through the same function."""
     import encoders
