@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_cli_commands
 from family_helpers import hub_snapshot, save_gemma_tokenizer, save_hf_tokenizer
 from PIL import Image
 from train_helpers import COLOURS, SHAPES, make_shapes_corpus
@@ -190,17 +190,19 @@ def test_family_end_to_end(family, offline, shapes, tmp_path, monkeypatch):
     pytorch = SearchEngine(library, encoder=encoder, text_encoder=encoder)  # PyTorch's text tower, and no export
     expected = {r.path: r.score for r in pytorch.query(QUERY, top_k=5)}
 
-    # query as a user does: text (PyTorch, then the ONNX export), then a picture
-    L = ("--library", str(library))
-    first = run_cli("query", QUERY, "--json", "--top", "5", *L, env=offline, check=True)
-    _assert_same_results(_results(first), expected)
-    assert export_state(library, fingerprint) == "ready"
-    assert "start faster" in first.stderr
+    # query as a user does: text (PyTorch, then the ONNX export), then a picture (one process: each imports torch)
     original = shapes / "images" / "red_circle_000.png"
     outside = tmp_path / "query" / "copy.png"
     outside.parent.mkdir()
     shutil.copy(original, outside)
-    by_picture = run_cli("query", "--image", str(outside), "--json", "--top", "1", *L, env=offline, check=True)
+    answers = run_cli_commands(library, {"text": ["query", QUERY, "--json", "--top", "5"],
+                                         "picture": ["query", "--image", str(outside), "--json", "--top", "1"]},
+                               env=offline)
+    first, by_picture = answers["text"], answers["picture"]
+    assert first.returncode == by_picture.returncode == 0, (first.stderr, by_picture.stderr)
+    _assert_same_results(_results(first), expected)
+    assert export_state(library, fingerprint) == "ready"
+    assert "start faster" in first.stderr
     [(path, score)] = _results(by_picture).items()
     assert path == str(original) and score > 0.999
     _assert_same_results(_results(_query_without_torch(library, offline)), expected)

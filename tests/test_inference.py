@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, draw_picture, make_pictures, run_cli
+from conftest import ROOT, TINY, draw_picture, make_pictures, run_cli, run_cli_commands
 
 from encoders import inference
 from encoders.inference import EAGER, MIN_COSINE, ONNX, InferencePath
@@ -266,10 +266,11 @@ def test_a_library_on_onnx_embeds_new_pictures_without_torch_and_as_pytorch_does
     summary, imported = _index_reporting_imports(pictures, folder)
     assert (json.loads(summary)["added"], json.loads(summary)["inference"], imported) == (2, ONNX, "[]")
     # Each picture's vector, embedded in ONNX Runtime, against PyTorch's fp32 one for the same file.
-    for name in sorted(p.name for p in pictures.iterdir()):
-        found = json.loads(run_cli("query", "--image", str(pictures / name), "--library", str(folder), "--json",
-                                   check=True).stdout)
-        top = found["results"][0]
+    names = sorted(p.name for p in pictures.iterdir())
+    answers = run_cli_commands(folder, {name: ["query", "--image", str(pictures / name), "--json"] for name in names})
+    for name in names:
+        assert answers[name].returncode == 0, answers[name].stderr
+        top = json.loads(answers[name].stdout)["results"][0]
         assert Path(top["path"]).name == name and top["score"] >= MIN_COSINE, (name, top)
 
 
