@@ -180,10 +180,10 @@ def test_every_used_by_path_from_the_base_install(base_env, tmp_path):
     # the search page
     serve_page(user, library)
 
-    # retrain on a captioned corpus in every format, then evaluate, index and re-index with the result
-    # Two runs read every format (each reader's own behaviour is tested in-process, tests/test_train.py): a train
-    # process costs ~15 s of imports alone, and what only this test can catch is a reader that needs a test-only
-    # package. Tar shards are streamed, alone: they validate the second run.
+    # retrain on a captioned corpus in every format, then evaluate, index and re-index with the result. Two runs
+    # read every format (each reader's behaviour is tested in-process, tests/test_train.py; a train process costs
+    # 15-25 s of imports alone); what only this test catches is a reader needing a test-only package. Tar shards
+    # are streamed and must come alone: they validate the second run.
     corpora = emoji_corpora(tmp_path / "corpus")
     runs = {"csv": ["--data", corpora["csv"], "--val-fraction", "0.25", "--label-column", "category"],
             "mixed": [*(arg for kind in ("tsv", "jsonl", "folder") for arg in ("--data", corpora[kind])),
