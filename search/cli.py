@@ -118,22 +118,46 @@ def _model_spec(model, pretrained, checkpoint):
     return ModelSpec.from_options(model, pretrained, checkpoint)
 
 
-def _load_encoder(spec, recorded: str | None, inference: str | None, lib=None, pictures: int | None = None):
-    """The image tower on its inference path: forced, else the library's ``recorded`` one, else chosen for this
-    machine. ``lib``: the library `search index` fills, where the tower may be exported to ONNX; one filled on
-    that path, with its export in place, embeds without loading torch or the model (``pictures``: how many)."""
-    from encoders.onnx.image import ONNX, OnnxImageEncoder
-    from encoders.spec import INFERENCE_ENV
+class _ImageTower:
+    """The image tower of one run on its inference path: forced, else the library's ``recorded`` one, else chosen
+    for this machine; loaded when called (with how many pictures are to be embedded). ``lib``: the library `search
+    index` fills, where the tower may be exported to ONNX; one filled on that path, with its export in place, embeds
+    without loading torch or the model. ``model``: the PyTorch model, once this run has loaded it."""
 
-    forced = inference or os.environ.get(INFERENCE_ENV) or None
-    if lib is not None and lib.exists() and recorded == ONNX and forced in (None, ONNX):
-        exported = OnnxImageEncoder.for_library(lib.folder, lib.model_fingerprint(), pictures)
-        if exported is not None:
-            return exported
-    from encoders import load_encoder
-    from encoders.inference import image_encoder
+    def __init__(self, spec, recorded: str | None, inference: str | None, lib=None):
+        self.spec, self.recorded, self.inference, self.lib = spec, recorded, inference, lib
+        self.model = None
 
-    return image_encoder(load_encoder(spec), recorded, inference, lib.folder if lib is not None else None)
+    def __call__(self, pictures: int | None = None):
+        from encoders.onnx.image import ONNX, OnnxImageEncoder
+        from encoders.spec import INFERENCE_ENV
+
+        lib, forced = self.lib, self.inference or os.environ.get(INFERENCE_ENV) or None
+        if lib is not None and lib.exists() and self.recorded == ONNX and forced in (None, ONNX):
+            exported = OnnxImageEncoder.for_library(lib.folder, lib.model_fingerprint(), pictures)
+            if exported is not None:
+                return exported
+        from encoders import load_encoder
+        from encoders.inference import image_encoder
+
+        self.model = load_encoder(self.spec)
+        return image_encoder(self.model, self.recorded, self.inference, lib.folder if lib is not None else None)
+
+
+def _export_text_tower(towers) -> None:
+    """Export the text tower beside the library (once), saying so, or why texts stay on PyTorch. For a run that
+    has the PyTorch model loaded anyway: the library's next text query then imports no torch."""
+    towers.export()
+    if towers.exported:
+        typer.echo("note: text queries on this library will now start faster (text model exported to ONNX)", err=True)
+    elif towers.refusal:
+        typer.echo(f"note: text queries on this library run in PyTorch: {towers.refusal}", err=True)
+
+
+def _export_text_tower_of(folder: Path, model) -> None:
+    from .text_tower import TextTowers
+
+    _export_text_tower(TextTowers(folder, model.fingerprint.id, True, lambda: model))
 
 
 @app.command()
@@ -165,15 +189,16 @@ def index(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise indexer.MissingRoot(f"root not found: {', '.join(missing)} (is it unmounted? nothing was changed)")
-    recorded = lib.model.inference if lib.exists() else None
-    encoder = (lambda pictures: _load_encoder(spec, recorded, inference, lib, pictures)) if own_model else \
-        _load_encoder(spec, recorded, inference, lib)
+    tower = _ImageTower(spec, lib.model.inference if lib.exists() else None, inference, lib)
     options = _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait)
-    summary = _index_with_progress_bar(lib, encoder, paths, options)
+    summary = _index_with_progress_bar(lib, tower if own_model else tower(), paths, options)
     if json_output:
         echo_json({"library": str(folder), **summary.as_dict()})
     else:
         _print_index_summary(folder, summary)
+    if tower.model is not None and lib.exists():  # after the summary, as a query exports after its results
+        sys.stdout.flush()
+        _export_text_tower_of(folder, tower.model)
 
 
 def _index_with_progress_bar(lib, encoder, paths: list[Path], options):
@@ -346,16 +371,7 @@ def query(
     _print_results(results, json_output, paths_only, print0)
     if engine.torch_loaded:  # the results first; then the export, so that the next text query skips torch
         sys.stdout.flush()
-        _export_text_tower(engine)
-
-
-def _export_text_tower(engine) -> None:
-    """Export the text tower beside the library (once), saying so, or why texts stay on PyTorch."""
-    engine.prepare_text_tower()
-    if engine.text_towers.exported:
-        typer.echo("note: text queries on this library will now start faster (text model exported to ONNX)", err=True)
-    elif engine.text_towers.refusal:
-        typer.echo(f"note: text queries on this library run in PyTorch: {engine.text_towers.refusal}", err=True)
+        _export_text_tower(engine.text_towers)
 
 
 @app.command()
@@ -514,7 +530,8 @@ def reindex(
     if not (model or pretrained or checkpoint):
         raise fail("name the new model: --model ARCH with --pretrained TAG|none, or --checkpoint PATH")
     lib = indexer.Library.open(resolve_library_dir(library), database=database)
-    encoder = _load_encoder(_model_spec(model, pretrained, checkpoint), None, inference)
+    tower = _ImageTower(_model_spec(model, pretrained, checkpoint), None, inference)
+    encoder = tower()
     record = lib.model
     if record is not None and record.fingerprint == encoder.fingerprint.id:
         typer.echo(f"the library already uses {record.architecture} ({record.weights}): nothing to do")
@@ -527,10 +544,12 @@ def reindex(
         raise typer.Exit(130) from None
     if json_output:
         echo_json(summary.as_dict())
-        return
-    typer.echo(f"re-embedded with {summary.new_model}: {summary.pictures_after} pictures "
-               f"(before: {summary.pictures_before} with {summary.old_model}); {summary.tags_kept} tags kept"
-               + (f"; old library kept at {shown(str(summary.kept_old))}" if summary.kept_old else ""))
+    else:
+        typer.echo(f"re-embedded with {summary.new_model}: {summary.pictures_after} pictures "
+                   f"(before: {summary.pictures_before} with {summary.old_model}); {summary.tags_kept} tags kept"
+                   + (f"; old library kept at {shown(str(summary.kept_old))}" if summary.kept_old else ""))
+    sys.stdout.flush()
+    _export_text_tower_of(lib.folder, tower.model)
 
 
 @app.command()

@@ -1,10 +1,10 @@
 """Which text tower answers a library's texts, and when it is exported.
 
 ONNX Runtime's, exported beside the library (``encoders.text``), when there is one: a text query then never
-imports torch. Otherwise the PyTorch model's; once that model is loaded anyway (a first text query, a
-picture from outside the library), the tower is exported, at most once per engine, and ONNX Runtime
-answers from then on. A read-only library, a machine without `onnx`/`onnxruntime`, or a model whose tower
-does not export (recorded, so that no later query tries again) keeps PyTorch's.
+imports torch. Otherwise the PyTorch model's; once that model is loaded anyway (a first text query, a picture
+from outside the library, a `search index` run that embedded with it), the tower is exported, at most once per
+engine, and ONNX Runtime answers from then on. A read-only library, a machine without `onnx`/`onnxruntime`, or
+a model whose tower does not export (recorded, so that no later query tries again) keeps PyTorch's.
 """
 
 from __future__ import annotations
@@ -52,31 +52,36 @@ class TextTowers:
     def prepare(self) -> bool:
         """Whether texts now run in ONNX Runtime, exporting the tower first if it is not there yet."""
         if not (self._export_tried or self._fixed or self.onnx):
-            self._export_tried = True
-            tower = self._exported() or self._export()
+            tower = self._exported() or (self._exported() if self.export() else None)
             if tower is not None:
                 self._tower = tower
         return self.onnx
 
-    def _exported(self, prepack: bool = True):
-        from encoders.text.onnx_runtime import OnnxTextEncoder
-
-        return OnnxTextEncoder.for_library(self.folder, self.fingerprint, prepack)
-
-    def _export(self):
+    def export(self) -> bool:
+        """Export the tower beside the library with the PyTorch model (loaded if need be), unless it is there
+        already, was refused before, or cannot be written here (a read-only library, no `onnx`); tried once.
+        Whether this call exported it; ``refusal`` says why not when the model's tower does not export."""
         from encoders.onnx.runtime import onnx_available
         from encoders.text.export import ExportRefused, export_text_tower
 
+        if self._export_tried:
+            return False
+        self._export_tried = True
         if not self.writable or not onnx_available(export=True) or \
                 sidecar.export_state(self.folder, self.fingerprint) != sidecar.MISSING:
-            return None
+            return False
         try:
             export_text_tower(self._pytorch(), self.folder)
         except ExportRefused as e:
             sidecar.record_refusal(self.folder, self.fingerprint, str(e))
             self.refusal = str(e)
-            return None
+            return False
         except (OSError, ImportError):  # a full disk, or an `onnx` that cannot save: stay on PyTorch
-            return None
+            return False
         self.exported = True
-        return self._exported()
+        return True
+
+    def _exported(self, prepack: bool = True):
+        from encoders.text.onnx_runtime import OnnxTextEncoder
+
+        return OnnxTextEncoder.for_library(self.folder, self.fingerprint, prepack)

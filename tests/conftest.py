@@ -274,3 +274,37 @@ def run_cli_commands(library: Path, commands: dict[str, list[str]], prefix: tupl
     assert process.returncode == 0, process.stderr
     return {name: subprocess.CompletedProcess(commands.get(name, name), code, stdout, stderr)
             for name, (code, stdout, stderr) in json.loads(process.stdout).items()}
+
+
+def index_as_the_cli_leaves_it(lib, encoder, roots: list[Path]) -> None:
+    """Index ``roots`` into the new library ``lib`` as `search index` leaves one whose chosen path is `onnx`: both
+    towers exported beside it, so that CLI commands and the page answer texts and outside pictures without
+    torch (a process that imports it costs 10-25 s of CPU here; the tests that need one run it themselves)."""
+    pytest.importorskip("onnxruntime", reason="the ONNX towers need onnxruntime (and onnx to export)")
+    pytest.importorskip("onnx")
+    from encoders.inference import image_encoder
+    from indexer import index_folders
+    from search import SearchEngine
+
+    index_folders(lib, image_encoder(encoder, None, "onnx", lib.folder), roots)
+    assert SearchEngine(lib.folder, encoder=encoder).prepare_text_tower()
+
+
+_REPORTING_IMPORTS = """import sys
+from search.cli import main
+sys.argv = ['search', *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+print(sorted(m for m in ('torch', 'open_clip', 'timm') if m in sys.modules))
+"""
+
+
+def run_cli_reporting_imports(*args: str) -> tuple[str, str]:
+    """`search ARGS` in a fresh process: what it printed, and which of torch, open_clip and timm it imported."""
+    result = subprocess.run([sys.executable, "-c", _REPORTING_IMPORTS, *args], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    output, imported = result.stdout.rstrip("\n").rsplit("\n", 1)
+    return output, imported

@@ -28,13 +28,15 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"no Chromium at {CHROMIUM} (Debian package `chromium`)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 
+from conftest import index_as_the_cli_leaves_it  # noqa: E402
+
 from encoders import ModelSpec, load_encoder  # noqa: E402
-from indexer import Library, index_folders  # noqa: E402
+from indexer import Library  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
-START_TIMEOUT = 90  # seconds for the server to answer; the first query also imports torch
+START_TIMEOUT = 90  # seconds for the server to answer
 UI_TIMEOUT = 60_000  # milliseconds for the page to show something
 COLOURS = ["crimson", "forestgreen", "royalblue", "darkorange", "indigo", "gold", "teal", "hotpink"]
 NEEDS_KEY = "This page opens only from the link with its key"
@@ -79,7 +81,8 @@ def library(tmp_path_factory):
     root = tmp_path_factory.mktemp("browserlib")
     pictures = make_pictures(root / "pictures")
     lib = Library.open(root / "library", create=True)
-    index_folders(lib, load_encoder(ModelSpec.from_options("clipsearch-tiny", "none", None)), [root / "pictures"])
+    index_as_the_cli_leaves_it(lib, load_encoder(ModelSpec.from_options("clipsearch-tiny", "none", None)),
+                               [root / "pictures"])
     return {"dir": root / "library", "pictures": pictures,
             "ids": {p: lib.store.reads.picture_by_path(str(p)).id for p in pictures}}
 

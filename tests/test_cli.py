@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY, make_pictures, run_cli
+from conftest import ROOT, TINY, make_pictures, run_cli, run_cli_reporting_imports
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +20,8 @@ def indexed(tmp_path_factory):
     assert "8 added" in result.stdout and "1 failed" in result.stdout
     assert "RANDOM WEIGHTS" in result.stderr  # --pretrained none is never silent
     assert "Traceback" not in result.stderr
+    # The run had the PyTorch model loaded: it exported the text tower, so that text queries need not load it.
+    assert "text model exported to ONNX" in result.stderr and list(library.glob("text.*.onnx"))
     return library, photos
 
 
@@ -48,6 +50,12 @@ def test_text_query_paths_only_and_env_library(indexed):
                   check=True)
     lines = out.stdout.splitlines()
     assert len(lines) == 4 and set(lines) <= {str(p) for p in photos}
+
+
+def test_the_first_text_query_after_an_index_run_imports_no_torch(indexed):
+    library, photos = indexed
+    output, imported = run_cli_reporting_imports("query", "a red star", "--library", str(library), "--json")
+    assert len(json.loads(output)["results"]) == 8 and imported == "[]"
 
 
 def test_rerun_through_the_cli_embeds_nothing(indexed):

@@ -6,14 +6,12 @@ Random weights, offline. Speeds are never asserted (a shared machine), only what
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, draw_picture, make_pictures, run_cli, run_cli_commands
+from conftest import TINY, draw_picture, make_pictures, run_cli, run_cli_commands, run_cli_reporting_imports
 
 from encoders import inference
 from encoders.inference import EAGER, MIN_COSINE, ONNX, InferencePath
@@ -196,24 +194,11 @@ def test_a_path_that_does_not_apply_or_does_not_exist_is_one_clear_line(tmp_path
         assert len(errors) == 1 and message in errors[0], result.stderr
 
 
-def _index_reporting_imports(pictures: Path, folder: Path) -> tuple[str, str]:
-    """`search index PICTURES --library FOLDER --json` in a fresh process: its summary, and which of torch,
-    open_clip and timm it imported."""
-    script = ("import sys\nfrom search.cli import main\nsys.argv = ['search', 'index', sys.argv[1], '--library', "
-              "sys.argv[2], '--json']\ntry:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-              "print(sorted(m for m in ('torch', 'open_clip', 'timm') if m in sys.modules))\n")
-    result = subprocess.run([sys.executable, "-c", script, str(pictures), str(folder)], capture_output=True,
-                            text=True, cwd=ROOT, timeout=120)
-    assert result.returncode == 0, result.stderr
-    summary, imported = result.stdout.strip().splitlines()
-    return summary, imported
-
-
 def test_an_index_run_with_nothing_to_embed_imports_no_torch(tmp_path):
     folder, pictures = tmp_path / "lib", tmp_path / "pictures"
     make_pictures(pictures, 2)
     run_cli("index", str(pictures), "--library", str(folder), *TINY, check=True)
-    summary, imported = _index_reporting_imports(pictures, folder)
+    summary, imported = run_cli_reporting_imports("index", str(pictures), "--library", str(folder), "--json")
     assert json.loads(summary)["unchanged"] == 2 and json.loads(summary)["inference"] is None
     assert imported == "[]"
 
@@ -263,7 +248,7 @@ def test_a_library_on_onnx_embeds_new_pictures_without_torch_and_as_pytorch_does
     assert json.loads(first.stdout)["inference"] == ONNX
     assert sorted(p.suffix for p in folder.glob("image.*")) == [".json", ".onnx", ".weights"]
     make_pictures(pictures, 2, start=3)
-    summary, imported = _index_reporting_imports(pictures, folder)
+    summary, imported = run_cli_reporting_imports("index", str(pictures), "--library", str(folder), "--json")
     assert (json.loads(summary)["added"], json.loads(summary)["inference"], imported) == (2, ONNX, "[]")
     # Each picture's vector, embedded in ONNX Runtime, against PyTorch's fp32 one for the same file.
     names = sorted(p.name for p in pictures.iterdir())

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, draw_picture, make_pictures
+from conftest import ROOT, draw_picture, index_as_the_cli_leaves_it, make_pictures
 from input_helpers import GIB, assert_refused, python_limited, run_limited, snapshot, solid_png
 from PIL import Image
 
@@ -36,15 +36,12 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory, tiny_encoder):
-    """A tiny-model library of 12 drawn pictures (its text tower exported, so text queries run in ONNX Runtime),
-    and hostile inputs beside it."""
-    pytest.importorskip("onnxruntime", reason="the ONNX text tower needs onnxruntime (and onnx to export)")
-    pytest.importorskip("onnx")
+    """A tiny-model library of 12 drawn pictures (its towers exported: queries run in ONNX Runtime), and hostile
+    inputs beside it."""
     base = tmp_path_factory.mktemp("inputs")
     make_pictures(base / "pics", 12)
     lib = Library.open(base / "lib", create=True)
-    index_folders(lib, tiny_encoder, [base / "pics"])
-    assert SearchEngine(lib.folder, encoder=tiny_encoder).prepare_text_tower()
+    index_as_the_cli_leaves_it(lib, tiny_encoder, [base / "pics"])
     hostile = base / "hostile"
     hostile.mkdir()
     os.mkfifo(hostile / "fifo.txt")  # opening it for reading would wait for a writer forever

@@ -22,10 +22,10 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import DATABASE_URL_ENV, ROOT, both_backends, make_pictures, run_cli
+from conftest import DATABASE_URL_ENV, ROOT, both_backends, index_as_the_cli_leaves_it, make_pictures, run_cli
 from sqlalchemy import create_engine, inspect
 
-from indexer import Library, LibraryError, index_folders
+from indexer import Library, LibraryError
 from indexer.store.dialects import server
 from indexer.store.migrate import MIGRATIONS, config, head_revision
 from indexer.store.schema import SCHEMA_VERSION, VERSION_TABLE
@@ -249,7 +249,7 @@ def older(tmp_path, tiny_encoder):
     make_pictures(pictures, 8)
     (pictures / "broken.jpg").write_bytes(b"not a picture")
     library = Library.open(tmp_path / "lib", create=True)
-    index_folders(library, tiny_encoder, [pictures])
+    index_as_the_cli_leaves_it(library, tiny_encoder, [pictures])
     tag_pictures(library, tiny_encoder, ["red", "blue"], templates=["{}"])
     answers = {args: run_cli("query", *args, "--library", str(library.folder), "--json", check=True).stdout
                for args in (("a red circle",), ("a red circle", "--tag", "blue"))}

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, draw_picture, library_rows, run_cli, run_cli_commands
+from conftest import ROOT, draw_picture, index_as_the_cli_leaves_it, library_rows, run_cli, run_cli_commands
 from input_helpers import assert_refused, snapshot
 
 from indexer import Library, index_folders
@@ -43,8 +43,6 @@ def fs(path: bytes) -> str:
 def named(tmp_path_factory, tiny_encoder):
     """A library of two roots (one whose own name is not UTF-8) holding every kind of name, and the bytes
     of every picture path."""
-    pytest.importorskip("onnxruntime", reason="the ONNX text tower needs onnxruntime (and onnx to export)")
-    pytest.importorskip("onnx")
     base = os.fsencode(tmp_path_factory.mktemp("paths"))
     roots = [base + b"/pics", base + b"/more\xff"]
     paths = set()
@@ -54,8 +52,7 @@ def named(tmp_path_factory, tiny_encoder):
         draw_picture(200 + i).save(fs(path), format="PNG")
         paths.add(path)
     lib = Library.open(Path(fs(base + b"/lib")), create=True)
-    index_folders(lib, tiny_encoder, [Path(fs(r)) for r in roots])
-    assert SearchEngine(lib.folder, encoder=tiny_encoder).prepare_text_tower()
+    index_as_the_cli_leaves_it(lib, tiny_encoder, [Path(fs(r)) for r in roots])
     return lib, roots, paths
 
 
