@@ -44,6 +44,11 @@ class ClipEncoder:
         return self.fingerprint.embed_dim
 
     @property
+    def logit_scale(self) -> float | None:
+        scale = getattr(self.model, "logit_scale", None)
+        return None if scale is None else float(scale.exp().item())
+
+    @property
     def image_size(self) -> tuple[int, int]:
         size = self.model.visual.image_size
         return (size, size) if isinstance(size, int) else tuple(size)

@@ -471,16 +471,33 @@ def tag(
     label_list = parse_labels(labels, labels_file)
     template_list = load_templates(templates) if templates is not None else PAPER_TEMPLATES
     lib = indexer.Library.open(resolve_library_dir(library), database=database)
-    from encoders import load_encoder  # torch and open_clip (~10 s on a slow CPU): only once the inputs are good
+    spec = lib.model_spec()
+    texts, model = _tagging_text_tower(lib, len(label_list) * len(template_list)), None
+    if texts is None:
+        from encoders import load_encoder  # torch and open_clip (~10 s on a slow CPU): only once the inputs are good
 
-    encoder = load_encoder(lib.model_spec())
-    summary = tag_pictures(lib, encoder, label_list, template_list, min_confidence)
+        texts = model = load_encoder(spec)
+    summary = tag_pictures(lib, texts, label_list, template_list, min_confidence)
     if json_output:
         echo_json(summary.as_dict())
-        return
-    typer.echo(f"{summary.classified} pictures classified, {summary.skipped} already done")
-    for label, count in summary.counts.items():
-        typer.echo(f"  {count:>6}  {shown(label)}")
+    else:
+        typer.echo(f"{summary.classified} pictures classified, {summary.skipped} already done")
+        for label, count in summary.counts.items():
+            typer.echo(f"  {count:>6}  {shown(label)}")
+    if model is not None:  # loaded: export its text tower, so that the next tagging or text query skips torch
+        sys.stdout.flush()
+        _export_text_tower_of(lib.folder, model)
+
+
+def _tagging_text_tower(lib, texts: int):
+    """The library's text tower exported to ONNX, when its export recorded the model's logit scale (which turns
+    scores into the tags' probabilities): tagging then imports no torch. None otherwise."""
+    from encoders.text.onnx_runtime import OnnxTextEncoder
+
+    from .text_tower import PREPACK_FROM_TEXTS
+
+    exported = OnnxTextEncoder.for_library(lib.folder, lib.model.fingerprint, prepack=texts >= PREPACK_FROM_TEXTS)
+    return exported if exported is not None and "logit_scale" in exported.meta else None
 
 
 @app.command()

@@ -18,8 +18,8 @@ from indexer import Library, LibraryError
 from .output import json_bytes
 from .terms import TermError, check_text
 
-if TYPE_CHECKING:  # it imports torch, which duplicates, remove, export and checking labels do without
-    from encoders import ClipEncoder
+if TYPE_CHECKING:
+    from encoders import TextEncoder
 
 # -- duplicates ---------------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ def labelset_key(labels: Sequence[str], templates: Sequence[str], fingerprint: s
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def label_vectors(encoder: ClipEncoder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+def label_vectors(encoder: TextEncoder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
     """One unit vector per label: the renormalised mean over the templates (prompt ensembling)."""
     out = np.empty((len(labels), encoder.dim), dtype=np.float32)
     for i, label in enumerate(labels):
@@ -158,23 +158,23 @@ def label_vectors(encoder: ClipEncoder, labels: Sequence[str], templates: Sequen
     return out
 
 
-def tag_pictures(library: Library, encoder: ClipEncoder, labels: Sequence[str],
+def tag_pictures(library: Library, encoder: TextEncoder, labels: Sequence[str],
                  templates: Sequence[str] = PAPER_TEMPLATES, min_confidence: float = 0.0,
                  chunk: int = 2048) -> TagSummary:
     """Zero-shot classify the pictures this label set has not seen: each gets its most likely label as a tag
-    (when its probability reaches ``min_confidence``). Earlier tags from the same label set are replaced."""
+    (when its probability reaches ``min_confidence``). Earlier tags from the same label set are replaced.
+    ``encoder``: the text tower of the model that filled the library (its ONNX export, or the model itself)."""
     from indexer import check_same_model
 
     record = library.model
     if record is None:
         raise LibraryError(f"the library at {library.folder} is empty")
-    check_same_model(record, encoder.fingerprint, library.folder)
+    if hasattr(encoder, "fingerprint"):  # a model, which could be another one; an export is the library's own
+        check_same_model(record, encoder.fingerprint, library.folder)
     labels = list(labels)
     key = labelset_key(labels, templates, record.fingerprint)
     text = label_vectors(encoder, labels, templates)
-    scale = 100.0
-    if getattr(encoder.model, "logit_scale", None) is not None:
-        scale = float(min(encoder.model.logit_scale.exp().item(), 100.0))
+    scale = 100.0 if encoder.logit_scale is None else min(encoder.logit_scale, 100.0)
     reads = library.store.reads
     done = reads.tag_runs(key)
     total = reads.counts()["pictures"]

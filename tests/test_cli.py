@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -56,6 +57,22 @@ def test_the_first_text_query_after_an_index_run_imports_no_torch(indexed):
     library, photos = indexed
     output, imported = run_cli_reporting_imports("query", "a red star", "--library", str(library), "--json")
     assert len(json.loads(output)["results"]) == 8 and imported == "[]"
+
+
+def test_tagging_runs_on_the_exported_text_tower_without_torch_and_tags_as_the_model(indexed, tmp_path,
+                                                                                     tiny_encoder):
+    from encoders import PAPER_TEMPLATES
+    from indexer import Library
+    from search.tools import tag_pictures
+
+    library, _ = indexed
+    copy = tmp_path / "copy"
+    shutil.copytree(library, copy)
+    labels = ["a red thing", "a green thing", "a blue thing"]
+    output, imported = run_cli_reporting_imports("tag", "--labels", ",".join(labels), "--library", str(library),
+                                                 "--json")
+    pytorch = tag_pictures(Library.open(copy), tiny_encoder, labels, PAPER_TEMPLATES)
+    assert imported == "[]" and json.loads(output) == pytorch.as_dict(), (output, pytorch)
 
 
 def test_rerun_through_the_cli_embeds_nothing(indexed):

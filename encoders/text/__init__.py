@@ -25,6 +25,12 @@ class TextEncoder(Protocol):
     @property
     def dim(self) -> int: ...
 
+    @property
+    def logit_scale(self) -> float | None:
+        """The model's learned temperature (the factor on cosines that makes logits), None when it has none:
+        what zero-shot tagging turns scores into probabilities with."""
+        ...
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts → len(texts)×dim float32 unit vectors."""
         ...

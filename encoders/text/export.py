@@ -88,8 +88,8 @@ def export_text_tower(encoder, folder: str | os.PathLike) -> Path:
         tower = tower_module(encoder.model, lambda model, tokens: model.encode_text(tokens, normalize=True))
         export_graph(tower, example, "tokens", made.graph, files.weights.name)
         meta = {"fingerprint": fingerprint, "architecture": encoder.fingerprint.architecture,
-                "weights": encoder.fingerprint.weights, "embed_dim": encoder.dim, "tokenizer": settings,
-                "torch": torch.__version__}
+                "weights": encoder.fingerprint.weights, "embed_dim": encoder.dim, "logit_scale": encoder.logit_scale,
+                "tokenizer": settings, "torch": torch.__version__}
         meta["probe_min_cosine"] = vectors_agree(OnnxTextEncoder(made, meta).encode_texts(probes),
                                                  encoder.encode_texts(probes), MIN_COSINE)
         return install(work, files, meta, TEXT)

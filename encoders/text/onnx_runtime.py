@@ -23,6 +23,7 @@ class OnnxTextEncoder:
         self.session = open_session(files.graph, prepack)
         self.meta = meta
         self.dim = int(meta["embed_dim"])
+        self.logit_scale = meta.get("logit_scale")  # exports made before it was recorded lack it (`search tag`)
         self.tokenizer = text_tokenizer(meta["tokenizer"], files.tokenizer)
 
     @classmethod
