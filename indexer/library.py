@@ -47,6 +47,11 @@ class Library:
     def read_only(self) -> bool:
         return self.store.read_only
 
+    def require_writable(self) -> None:
+        """Refuse a library this process cannot write before a writer loads its model (seconds) for nothing."""
+        if self.read_only:
+            raise read_only_error(self.folder)
+
     def exists(self) -> bool:
         return self.model is not None
 

@@ -183,6 +183,7 @@ def index(
 
     folder = resolve_library_dir(library)
     lib = indexer.Library.open(folder, create=True, database=database)
+    lib.require_writable()
     own_model = lib.exists() and not (model or pretrained or checkpoint)
     # Its own model: loaded only when there is something to embed (a run that finds nothing new imports no torch).
     spec = lib.model_spec() if own_model else _model_spec(model, pretrained, checkpoint)
@@ -472,6 +473,7 @@ def tag(
     template_list = load_templates(templates) if templates is not None else PAPER_TEMPLATES
     lib = indexer.Library.open(resolve_library_dir(library), database=database)
     spec = lib.model_spec()
+    lib.require_writable()
     texts, model = _tagging_text_tower(lib, len(label_list) * len(template_list)), None
     if texts is None:
         from encoders import load_encoder  # torch and open_clip (~10 s on a slow CPU): only once the inputs are good
@@ -547,6 +549,7 @@ def reindex(
     if not (model or pretrained or checkpoint):
         raise fail("name the new model: --model ARCH with --pretrained TAG|none, or --checkpoint PATH")
     lib = indexer.Library.open(resolve_library_dir(library), database=database)
+    lib.require_writable()
     tower = _ImageTower(_model_spec(model, pretrained, checkpoint), None, inference)
     encoder = tower()
     record = lib.model

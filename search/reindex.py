@@ -18,10 +18,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from encoders import ClipEncoder
 from indexer import IndexOptions, IndexSummary, Library, LibraryError, Progress, index_folders
 from indexer.store import copy_tags
+
+if TYPE_CHECKING:  # it imports torch: a `search reindex` refused before its model loads need not
+    from encoders import ClipEncoder
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2

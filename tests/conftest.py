@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +33,16 @@ def own_user_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_as_a_terminal_gives_it():
+    """The tests' processes start with Ctrl-C (SIGINT) as a terminal gives it. A test run started as a background
+    job inherits SIGINT ignored, which every process it starts would keep (Python installs its KeyboardInterrupt
+    handler only over the default), and each test that presses Ctrl-C would wait in vain."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a caught signal is reset to default by exec
+    yield
 
 
 @pytest.fixture(scope="session")

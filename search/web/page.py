@@ -201,7 +201,7 @@ def upload_vector(opened: Opened, uploaded):
     cache = st.session_state.setdefault("upload_vectors", {})
     if key not in cache:
         engine = opened.engine
-        image = read_upload(data, uploaded.name, min(engine.encoder.image_size))
+        image = read_upload(data, uploaded.name, min(engine.image_encoder.image_size))  # its ONNX export: no torch
         with opened.lock:
             cache.clear()
             cache[key] = engine.image_vector(image)
