@@ -438,9 +438,9 @@ def _measure_int8(encoder, x, reference, seconds: float) -> dict:
 def machine() -> dict:
     import torch
 
-    from encoders.inference import cpu_flags, cpu_model
+    from encoders.machine import NATIVE_BF16_FLAGS, cpu_flags, cpu_model
 
-    return {"cpu": cpu_model(), "bf16_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"}),
+    return {"cpu": cpu_model(), "bf16_flags": sorted(cpu_flags() & set(NATIVE_BF16_FLAGS)),
             "summary": cpu_summary(), "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg(),
             "python": sys.version.split()[0]}
@@ -526,7 +526,7 @@ def measure_speed(setups: list[Setup], encoders: list, args, cores: int) -> dict
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
-    from encoders.spec import DEFAULT_MODEL
+    from encoders.spec import default_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "out" / "index")
@@ -534,7 +534,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--camera", action="store_true",
                         help="the JPEGs carry a 1920×1440 MPF preview, as cameras write them (the decoder uses it)")
     parser.add_argument("--pngs", type=int, default=300, help="openclipart PNGs to index (-1: the whole folder)")
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--model", default=default_model().model, help="default: the default model on this machine")
     parser.add_argument("--inference", help="force this image tower path, in (a) and (c) (`search index "
                                             "--inference`); default: the one `search index` chooses here")
     parser.add_argument("--against", metavar="MODEL:PATH:plain|camera", type=Setup.parse,

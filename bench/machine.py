@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from encoders.inference import cpu_flags, cpu_model
+from encoders.machine import cpu_flags, cpu_model
 
 FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 

@@ -130,7 +130,7 @@ def measure_model(name: str, batch: int, runs: int) -> dict:
 
 
 def _machine() -> dict:
-    from encoders.inference import NATIVE_BF16_FLAGS, cpu_flags, cpu_model
+    from encoders.machine import NATIVE_BF16_FLAGS, cpu_flags, cpu_model
 
     flags = cpu_flags()
     return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),

@@ -14,8 +14,7 @@ _MODULES = {
                "read_text_entries"),
     ".images": ("HEIC_SUPPORTED", "picture_extensions", "prepare_image"),
     ".loader": ("HUB_CONFIG", "hub_folder_architecture", "load_encoder", "load_tokenizer", "model_config"),
-    ".spec": ("DEFAULT_MODEL", "DEFAULT_PRETRAINED", "NO_WEIGHTS", "TINY_MODEL", "ModelError", "ModelFingerprint",
-              "ModelSpec"),
+    ".spec": ("NO_WEIGHTS", "TINY_MODEL", "ModelError", "ModelFingerprint", "ModelSpec", "default_model"),
     ".templates": ("MAX_TEMPLATES", "PAPER_TEMPLATES", "SHORT_TEMPLATES", "load_templates"),
     ".text": ("TextEncoder",),
 }

@@ -22,28 +22,22 @@ it and keeps it (a resumed run must end like an uninterrupted one), unless the u
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
-from itertools import product
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .files import atomic_write
-from .onnx.image import ONNX
+from .inference_path import ALL_PATHS, AUTO, CUDA, EAGER, ONNX, InferencePath, check_forced_name
+from .machine import bf16_cpu, cpu_flags, cpu_model
 from .spec import INFERENCE_ENV, ModelError
 
-EAGER = "fp32-eager"
-CUDA = "cuda-fp16"  # a GPU runs fp16 autocast, as before: nothing to choose
-AUTO = "auto"  # forced: measure (or take the cached choice) even where the library recorded a path
 MIN_COSINE = 0.999
 TOP_K = 10
 PROBES = 16  # fixed pictures every candidate embeds: 2 batches, the first one warms the path up, the second is timed
@@ -56,72 +50,9 @@ PROBE_SEED = 1234
 # A path other than fp32-eager must be this much faster to be chosen: timings on a shared machine wobble, and
 # an equal-speed path buys nothing.
 MIN_GAIN = 1.05
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CACHE_VERSION = 2  # 2: CPU per picture decides (it was wall time)
 
 
-@dataclass(frozen=True)
-class InferencePath:
-    reparam: bool = False
-    channels_last: bool = False
-    bf16: bool = False
-
-    @property
-    def name(self) -> str:
-        parts = [part for part, on in (("reparam", self.reparam), ("cl", self.channels_last), ("bf16", self.bf16))
-                 if on]
-        return "-".join(parts) or EAGER
-
-    @classmethod
-    def parse(cls, name: str) -> InferencePath:
-        for path in ALL_PATHS:
-            if path.name == name:
-                return path
-        raise ModelError(f"unknown inference path {name!r}; one of: {', '.join(p.name for p in ALL_PATHS)}, "
-                         f"or {AUTO} (measure and choose)")
-
-    def tower(self, visual: torch.nn.Module) -> torch.nn.Module:
-        """The image tower prepared for this path (a copy when anything changes; the original stays as built)."""
-        if self.reparam:
-            from timm.utils import reparameterize_model
-
-            visual = reparameterize_model(visual)
-        elif self.channels_last:
-            visual = copy.deepcopy(visual)
-        if self.channels_last:
-            visual = visual.to(memory_format=torch.channels_last)
-        return visual.eval()
-
-    def input(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
-
-    def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-
-
-ALL_PATHS = tuple(InferencePath(*steps) for steps in product((False, True), repeat=3))
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def native_bf16() -> bool:
@@ -131,7 +62,7 @@ def native_bf16() -> bool:
     checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if any(check is not None for check in checks):
         return any(check() for check in checks if check is not None)
-    return bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
+    return bf16_cpu()
 
 
 def reparameterisable(visual: torch.nn.Module) -> bool:
@@ -372,9 +303,9 @@ def _exported(encoder, folder: Path | None, strict: bool):
     from .onnx.sidecar import IMAGE, REFUSED, export_state, read_meta, record_refusal
 
     fingerprint = encoder.fingerprint
-    if folder is None:
-        problem = "only `search index` takes it (it exports the image tower beside the library)"
-    elif not onnx_available(export=True):
+    if folder is None:  # no library to export into (a forced onnx was refused by `check_forced_name`)
+        return None
+    if not onnx_available(export=True):
         problem = "the onnx and onnxruntime packages are not installed"
     elif export_state(folder, fingerprint.id, IMAGE) == REFUSED:
         problem = read_meta(folder, fingerprint.id, IMAGE)["refused"]
@@ -395,6 +326,7 @@ def image_encoder(encoder, recorded: str | None, forced: str | None = None, fold
     """What a run embeds pictures with: ``encoder`` on its PyTorch path, or its image tower exported to ONNX
     beside the library in ``folder`` (``search index``; an ``OnnxImageEncoder``), as ``settle`` decides."""
     forced = forced or os.environ.get(INFERENCE_ENV) or None
+    check_forced_name(forced, exports=folder is not None)
     exported = functools.cache(lambda: _exported(encoder, folder, strict=forced == ONNX))
     name = settle(encoder, recorded, forced, exported if folder is not None else None)
     if name == ONNX:

@@ -6,12 +6,16 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-# The best published retrieval per CPU-second among the candidates that are not worse than CLIP ViT-B-32 (laion2b) on
-# ImageNet nor COCO and whose weights' licence allows searching one's own photos (BENCHMARKS.md, "The default
-# model"; README "Models"). Libraries keep the model they were filled with.
-DEFAULT_MODEL = "ViT-B-32-SigLIP2-256"
-DEFAULT_PRETRAINED = "webli"
+# The default model is the best published retrieval per CPU-second on this machine among the candidates not worse
+# than CLIP ViT-B-32 laion2b on ImageNet, COCO nor CPU per picture, whose weights' licence allows searching one's own
+# photos (BENCHMARKS.md, "The default model"; README "Models"). SigLIP 2 B/32 runs in bf16 at 0.5-0.7x ViT-B-32's CPU
+# where the CPU multiplies bf16 itself, and a GPU makes the CPU cost moot; on other CPUs it costs 1.2-1.6x, and ViT-B-32
+# stays. Libraries keep the model they were filled with, whatever machine opens them.
+BF16_DEFAULT = ("ViT-B-32-SigLIP2-256", "webli")
+PLAIN_DEFAULT = ("ViT-B-32", "laion2b_s34b_b79k")
+DEFAULT_WEIGHTS = dict((BF16_DEFAULT, PLAIN_DEFAULT))  # either default model named alone gets these weights
 TINY_MODEL = "clipsearch-tiny"
 NO_WEIGHTS = "none"
 HUB_PREFIX = "hf-hub:"
@@ -20,6 +24,22 @@ HUB_PREFIX = "hf-hub:"
 RANDOM_INIT_SEED = 0
 # Forces the image tower's inference path (encoders/inference.py), as `--inference` does.
 INFERENCE_ENV = "CLIPSEARCH_INFERENCE"
+
+
+class DefaultModel(NamedTuple):
+    model: str
+    pretrained: str
+    why: str
+
+
+def default_model() -> DefaultModel:
+    """The default model on this machine, and why (for the note a new library prints)."""
+    from .machine import bf16_cpu, nvidia_gpu
+
+    if bf16_cpu() or nvidia_gpu():
+        return DefaultModel(*BF16_DEFAULT, "the default where the CPU computes bf16 natively or a GPU is present")
+    return DefaultModel(*PLAIN_DEFAULT, "the default on CPUs without native bf16, where it is the cheapest; "
+                        f"--model {BF16_DEFAULT[0]} retrieves better for 1.2-1.6x its CPU per picture")
 
 
 class ModelError(Exception):
@@ -37,8 +57,8 @@ class ModelSpec:
     the hub id itself (open_clip's name for it), or a zoo name that must match the repo's config.
     """
 
-    model: str = DEFAULT_MODEL
-    pretrained: str | None = DEFAULT_PRETRAINED
+    model: str
+    pretrained: str | None = None
     checkpoint: str | None = None
 
     @classmethod
@@ -58,9 +78,9 @@ class ModelSpec:
             if pretrained not in (None, model):
                 raise ModelError(f"--model {model} is a hub repo with its own weights: leave out --pretrained")
             return cls(model=model, pretrained=model, checkpoint=None)
-        model = model or DEFAULT_MODEL
+        model = model or default_model().model
         if pretrained is None:
-            pretrained = DEFAULT_PRETRAINED if model == DEFAULT_MODEL else NO_WEIGHTS if model == TINY_MODEL else None
+            pretrained = DEFAULT_WEIGHTS.get(model) or (NO_WEIGHTS if model == TINY_MODEL else None)
         if pretrained is None:
             raise ModelError(f"--model {model} needs weights: --pretrained TAG, --pretrained hf-hub:ORG/REPO, "
                              "--checkpoint PATH or --pretrained none")

@@ -125,14 +125,18 @@ class _ImageTower:
     without loading torch or the model. ``model``: the PyTorch model, once this run has loaded it."""
 
     def __init__(self, spec, recorded: str | None, inference: str | None, lib=None):
+        from encoders.inference_path import check_forced_name
+        from encoders.spec import INFERENCE_ENV
+
         self.spec, self.recorded, self.inference, self.lib = spec, recorded, inference, lib
+        self.forced = inference or os.environ.get(INFERENCE_ENV) or None
+        check_forced_name(self.forced, exports=lib is not None)  # a typo is refused before the model loads
         self.model = None
 
     def __call__(self, pictures: int | None = None):
         from encoders.onnx.image import ONNX, OnnxImageEncoder
-        from encoders.spec import INFERENCE_ENV
 
-        lib, forced = self.lib, self.inference or os.environ.get(INFERENCE_ENV) or None
+        lib, forced = self.lib, self.forced
         if lib is not None and lib.exists() and self.recorded == ONNX and forced in (None, ONNX):
             exported = OnnxImageEncoder.for_library(lib.folder, lib.model_fingerprint(), pictures)
             if exported is not None:
@@ -190,6 +194,8 @@ def index(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise indexer.MissingRoot(f"root not found: {', '.join(missing)} (is it unmounted? nothing was changed)")
+    if not lib.exists() and not (model or pretrained or checkpoint):
+        _say_default_model()
     tower = _ImageTower(spec, lib.model.inference if lib.exists() else None, inference, lib)
     options = _index_options(exclude, include_hidden, batch_size, workers, decode_timeout, wait)
     summary = _index_with_progress_bar(lib, tower if own_model else tower(), paths, options)
@@ -200,6 +206,13 @@ def index(
     if tower.model is not None and lib.exists():  # after the summary, as a query exports after its results
         sys.stdout.flush()
         _export_text_tower_of(folder, tower.model)
+
+
+def _say_default_model() -> None:
+    from encoders import default_model
+
+    chosen = default_model()
+    typer.echo(f"note: a new library on {chosen.model} ({chosen.pretrained}), {chosen.why}", err=True)
 
 
 def _index_with_progress_bar(lib, encoder, paths: list[Path], options):

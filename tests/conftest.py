@@ -303,19 +303,20 @@ def index_as_the_cli_leaves_it(lib, encoder, roots: list[Path]) -> None:
 
 _REPORTING_IMPORTS = """import sys
 from search.cli import main
-sys.argv = ['search', *sys.argv[1:]]
+expected, sys.argv = int(sys.argv[1]), ['search', *sys.argv[2:]]
 try:
     main()
 except SystemExit as e:
-    assert not e.code, e.code
+    assert (e.code or 0) == expected, e.code
 print(sorted(m for m in ('torch', 'open_clip', 'timm') if m in sys.modules))
 """
 
 
-def run_cli_reporting_imports(*args: str) -> tuple[str, str]:
-    """`search ARGS` in a fresh process: what it printed, and which of torch, open_clip and timm it imported."""
-    result = subprocess.run([sys.executable, "-c", _REPORTING_IMPORTS, *args], capture_output=True, text=True,
-                            cwd=ROOT, timeout=300)
+def run_cli_reporting_imports(*args: str, exit_code: int = 0) -> tuple[str, str]:
+    """`search ARGS` in a fresh process: what it printed (its errors, when it is to exit with a nonzero
+    ``exit_code``), and which of torch, open_clip and timm it imported."""
+    result = subprocess.run([sys.executable, "-c", _REPORTING_IMPORTS, str(exit_code), *args], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
-    output, imported = result.stdout.rstrip("\n").rsplit("\n", 1)
-    return output, imported
+    output, _, imported = result.stdout.rstrip("\n").rpartition("\n")
+    return (output if exit_code == 0 else result.stderr), imported

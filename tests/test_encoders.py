@@ -90,12 +90,31 @@ def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path, tiny_encod
         load_encoder(ModelSpec.from_options("clipsearch-tiny", None, str(evil)))
 
 
+def test_the_default_model_is_chosen_by_what_the_machine_computes_natively(monkeypatch):
+    """SigLIP 2 where it is the cheaper of the two (bf16 in the CPU, or a GPU), CLIP ViT-B-32 elsewhere."""
+    import encoders.machine as machine
+
+    siglip2, clip = ModelSpec("ViT-B-32-SigLIP2-256", "webli"), ModelSpec("ViT-B-32", "laion2b_s34b_b79k")
+    for flags, gpu, expected in (({"avx2", "fma"}, False, clip), ({"avx2", "avx512f", "avx512_vnni"}, False, clip),
+                                 ({"avx2", "avx512f", "avx512_bf16"}, False, siglip2),
+                                 ({"avx2", "amx_tile", "amx_bf16"}, False, siglip2), ({"avx2"}, True, siglip2)):
+        monkeypatch.setattr(machine, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(machine, "nvidia_gpu", lambda gpu=gpu: gpu)
+        assert ModelSpec.from_options(None, None, None) == expected, (flags, gpu)
+    # Either model named alone takes its default weights on any machine; another one must say which.
+    assert ModelSpec.from_options("ViT-B-32-SigLIP2-256", None, None) == siglip2
+    assert ModelSpec.from_options("ViT-B-32", None, None) == clip
+    with pytest.raises(ModelError, match="needs weights"):
+        ModelSpec.from_options("ViT-B-16", None, None)
+
+
 def test_offline_models_fail_fast_with_the_alternatives(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr(encoders.loader, "_hub_reachable", lambda timeout=3.0: False)
-    # The default (SigLIP 2) needs its tokenizer from the hub before any weights: random weights would not help.
+    # SigLIP 2 (the default on CPUs with native bf16, named alone: its webli weights) needs its tokenizer from the
+    # hub before any weights: random weights would not help.
     with pytest.raises(ModelError) as error:
-        load_encoder(ModelSpec.from_options(None, None, None))
+        load_encoder(ModelSpec.from_options("ViT-B-32-SigLIP2-256", None, None))
     message = str(error.value)
     assert message.startswith("cannot get the tokenizer timm/ViT-B-32-SigLIP2-256") and "\n" not in message
     assert "--checkpoint" in message and "--pretrained none" not in message and message.endswith(".")

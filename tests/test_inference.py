@@ -186,12 +186,15 @@ def test_forced_path_runs_is_recorded_and_kept_by_later_runs(tmp_path):
 def test_a_path_that_does_not_apply_or_does_not_exist_is_one_clear_line(tmp_path):
     pictures = tmp_path / "pictures"
     make_pictures(pictures, 1)
-    for path, message in (("reparam", "inference path reparam does not apply to clipsearch-tiny"),
-                          ("fast", "unknown inference path 'fast'")):
-        result = run_cli("index", str(pictures), "--library", str(tmp_path / "lib"), *TINY, "--inference", path)
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        errors = [line for line in result.stderr.splitlines() if not line.startswith("warning: RANDOM WEIGHTS")]
-        assert len(errors) == 1 and message in errors[0], result.stderr
+    result = run_cli("index", str(pictures), "--library", str(tmp_path / "lib"), *TINY, "--inference", "reparam")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning: RANDOM WEIGHTS")]
+    assert errors == [errors[0]] and "inference path reparam does not apply to clipsearch-tiny" in errors[0], errors
+    # A name that is no path at all is refused before torch and the model load (a typo costs no seconds).
+    errors, imported = run_cli_reporting_imports("index", str(pictures), "--library", str(tmp_path / "lib"), *TINY,
+                                                 "--inference", "fast", exit_code=2)
+    assert errors.splitlines() == [errors.strip()] and "unknown inference path 'fast'" in errors, errors
+    assert imported == "[]"
 
 
 def test_an_index_run_with_nothing_to_embed_imports_no_torch(tmp_path):
@@ -263,7 +266,7 @@ def test_onnx_where_it_cannot_be_had_is_one_clear_line(tmp_path):
     pictures = tmp_path / "pictures"
     make_pictures(pictures, 1)
     run_cli("index", str(pictures), "--library", str(tmp_path / "lib"), *TINY, check=True)
-    result = run_cli("reindex", *TINY, "--library", str(tmp_path / "lib"),
-                     "--inference", ONNX)
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning: RANDOM WEIGHTS")]
-    assert result.returncode == 2 and len(errors) == 1 and "only `search index` takes it" in errors[0], result.stderr
+    errors, imported = run_cli_reporting_imports("reindex", *TINY, "--library", str(tmp_path / "lib"),
+                                                 "--inference", ONNX, exit_code=2)
+    assert errors.splitlines() == [errors.strip()] and "only `search index` takes it" in errors, errors
+    assert imported == "[]"  # refused before torch and the model load

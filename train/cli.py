@@ -32,8 +32,9 @@ def train_command(
     output: str = typer.Option(..., "--output", help="Run folder: checkpoints, metrics, curves, model/."),
     val_data: list[str] | None = typer.Option(None, "--val-data", help="Validation corpus (any format)."),  # noqa: B008
     val_fraction: float = typer.Option(0.0, "--val-fraction", help="Hold out this fraction of the pictures."),
-    model: str | None = typer.Option(None, "--model", help="open_clip architecture (default "
-                                    "ViT-B-32-SigLIP2-256, with webli)."),
+    model: str | None = typer.Option(None, "--model", help="open_clip architecture (default: "
+                                    "ViT-B-32-SigLIP2-256 with webli on a CPU with native bf16 or a GPU, else "
+                                    "ViT-B-32 with laion2b_s34b_b79k)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help="open_clip tag, hf-hub:ORG/REPO or none."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Start from a model folder or weights file."),
     epochs: int | None = typer.Option(None, "--epochs", help="Passes over the corpus (default 10; with "
