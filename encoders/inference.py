@@ -53,8 +53,6 @@ MIN_GAIN = 1.05
 CACHE_VERSION = 2  # 2: CPU per picture decides (it was wall time)
 
 
-
-
 def native_bf16() -> bool:
     """AVX512-BF16 or AMX: the CPU multiplies bf16 itself (elsewhere oneDNN emulates it, slower than fp32). Asked of
     torch, which sees what oneDNN will use; the CPU's flags where this torch cannot say."""
