@@ -16,8 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-from PIL import Image, ImageDraw
+# Before the test modules import torch. This sandbox sets PYTHONDONTWRITEBYTECODE=1 (CI may: it runs the same way)
+# and the test environment is installed with --no-compile, so every process would compile all it imports from
+# source: `import open_clip` 13.7 s against 5.1 s from bytecode (BENCHMARKS.md, "The test suite's time"). The
+# tests' processes write bytecode as Python does by default: the first one compiles a module, the others read it.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+import pytest  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
